@@ -1,0 +1,126 @@
+"""%%sandbox and %sandbox: parse the line, call run_config(), present the result."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Float, List, Unicode
+
+from .config import make_config
+from .errors import SandboxConfigError, SandboxExitError
+from .options import MAGIC_OUTPUT_OPTIONS, RUN_OPTIONS
+from .runner import run_config
+
+FLUSH_INTERVAL = 0.05  # seconds between flushes of live output
+
+
+def with_options(*options):
+    """Apply Option entries as IPython magic_arguments, in declaration order."""
+    def decorate(func):
+        for option in reversed(options):
+            func = argument(*option.flags, **option.kwargs)(func)
+        return func
+    return decorate
+
+
+@magics_class
+class SandboxMagics(Magics):
+    """Run a cell's shell script in a gVisor sandbox. Defaults below are
+    traitlets config: `%config SandboxMagics.timeout = 60`, or ipython_config.py."""
+
+    root = Unicode("/", help="Default --root.").tag(config=True)
+    timeout = Float(None, allow_none=True, help="Default --timeout in seconds.").tag(config=True)
+    env = List(Unicode(), help="NAME=VALUE items set in every sandbox, before -e.").tag(config=True)
+    env_all = Bool(False, help="Default --env-all.").tag(config=True)
+    hostname = Unicode(None, allow_none=True, help="Default --hostname.").tag(config=True)
+    runsc = Unicode(None, allow_none=True, help="Path of runsc (default: runsc on PATH).").tag(config=True)
+    raise_error = Bool(True, help="Raise CalledProcessError when a script fails "
+                                  "(False: as if every cell had --no-raise-error).").tag(config=True)
+
+    @magic_arguments()
+    @with_options(*RUN_OPTIONS, *MAGIC_OUTPUT_OPTIONS)
+    @cell_magic("sandbox")
+    def sandbox_cell(self, line: str, cell: str):
+        """Run the cell as a shell script inside a fresh gVisor (runsc) sandbox.
+
+        The host's root filesystem is visible read-only under a throw-away
+        overlay; the sandbox has no network (loopback only). A first line `#!…`
+        picks the interpreter. Output streams live; a nonzero exit or a signal
+        raises CalledProcessError unless --no-raise-error.
+        """
+        args = self.parse_line(line)
+        try:
+            config = make_config(
+                cell, root=args.root or self.root, cwd=args.cwd,
+                env=[*self.env, *args.env],
+                env_all=self.env_all if args.env_all is None else args.env_all,
+                hostname=args.hostname or self.hostname,
+                timeout=self.timeout if args.timeout is None else args.timeout,
+                runsc=args.runsc or self.runsc)
+        except SandboxConfigError as exc:
+            raise UsageError(str(exc)) from None
+        stdout = None if args.out else LiveWriter(sys.stdout)
+        stderr = None if args.err else LiveWriter(sys.stderr)
+        try:
+            result = run_config(config, on_stdout=stdout and stdout.write,
+                                on_stderr=stderr and stderr.write)
+        finally:
+            for writer in (stdout, stderr):
+                if writer:
+                    writer.flush()
+        self.store(args, result)
+        if not result.ok:
+            if args.no_raise_error or not self.raise_error:
+                print(f"sandbox {result.status_text()}", file=sys.stderr)
+            else:
+                raise SandboxExitError(result)
+
+    @line_magic("sandbox")
+    def sandbox_line(self, line: str):
+        """%sandbox: use %%sandbox (two %) to run a cell; %sandbox? shows this help."""
+        raise UsageError("%sandbox needs a cell: write %%sandbox [options] on the first line "
+                         "of a cell and the script below it (see %%sandbox?)")
+
+    def parse_line(self, line: str):
+        # IPython's parse_argstring splits with posix=False and would keep the
+        # quotes of -e 'A=B'; shlex.split gives the words a shell user expects.
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%sandbox: cannot split the line: {exc}") from None
+        args = self.sandbox_cell.parser.parse_args(words)
+        for name in ("out", "err", "result"):
+            value = getattr(args, name)
+            if value is not None and not value.isidentifier():
+                raise UsageError(f"--{name} {value}: not a Python variable name; "
+                                 f"give a name such as --{name} {name}_text")
+        return args
+
+    def store(self, args, result) -> None:
+        for name, value in (("out", result.stdout), ("err", result.stderr), ("result", result)):
+            variable = getattr(args, name)
+            if variable:
+                self.shell.user_ns[variable] = value
+
+
+class LiveWriter:
+    """Writes output as it comes, flushing often enough to look live, not per byte."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.last_flush = 0.0
+
+    def write(self, text: str) -> None:
+        self.stream.write(text)
+        now = time.monotonic()
+        if now - self.last_flush >= FLUSH_INTERVAL:
+            self.stream.flush()
+            self.last_flush = now
+
+    def flush(self) -> None:
+        self.stream.flush()

@@ -1,0 +1,98 @@
+"""SandboxResult and the decoding of how a sandbox ended. Pure functions only."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal as signals
+from dataclasses import dataclass, field
+
+from .config import SandboxConfig
+
+EXIT_LINE = re.compile(r"Exiting with status: (\d+)")
+FATAL_LINE = re.compile(r"FATAL ERROR: (.*)")
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How one sandboxed script ended, with its output.
+
+    Exactly one of `exit_code` and `signal` is set: a script that ran `exit 137`
+    has exit_code 137 and signal None; one killed by SIGKILL has exit_code None
+    and signal 9. `returncode` follows subprocess: -N for signal N.
+    """
+
+    exit_code: int | None
+    signal: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration: float
+    spec: dict = field(repr=False)
+    config: SandboxConfig = field(repr=False)
+    container_id: str = ""
+    runsc_version: str = ""
+
+    @property
+    def returncode(self) -> int:
+        return -self.signal if self.signal is not None else self.exit_code
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal_name(self.signal) if self.signal is not None else None
+
+    def status_text(self) -> str:
+        """One line: 'exited with status 3', 'killed by signal 9 (SIGKILL)', ..."""
+        if self.timed_out:
+            limit = f"{self.config.timeout:g} s" if self.config.timeout else "its limit"
+            how = f", killed by {self.signal_name}" if self.signal is not None else ""
+            return f"timed out after {limit}{how}"
+        if self.signal is not None:
+            return f"killed by signal {self.signal} ({self.signal_name})"
+        return f"exited with status {self.exit_code}"
+
+    def check(self) -> "SandboxResult":
+        """Raise SandboxExitError unless the script exited 0; return self otherwise."""
+        if not self.ok:
+            from .errors import SandboxExitError
+            raise SandboxExitError(self)
+        return self
+
+
+def decode_wait_status(status: int) -> tuple[int | None, int | None]:
+    """A raw wait(2) status -> (exit_code, signal), exactly one of them set."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    raise ValueError(f"wait status {status} is neither an exit nor a signal")
+
+
+@dataclass(frozen=True)
+class RunscOutcome:
+    """What runsc's run log says: the raw wait status, or runsc's own failure."""
+
+    wait_status: int | None
+    error: str | None
+
+
+def parse_runsc_log(text: str) -> RunscOutcome:
+    """Read `runsc run`'s debug log (only that command's, see runsc.global_args)."""
+    fatal = FATAL_LINE.findall(text)
+    if fatal:
+        return RunscOutcome(None, fatal[-1].strip())
+    statuses = EXIT_LINE.findall(text)
+    if statuses:
+        return RunscOutcome(int(statuses[-1]), None)
+    return RunscOutcome(None, None)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

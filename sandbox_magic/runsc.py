@@ -1,0 +1,202 @@
+"""The runsc binary: where it is, which version, which flags, and process control.
+
+Versions seen in the field differ (DESIGN.md §3): Debian 12's 0.0~20221219.0,
+bookworm-backports' 0.0~20240729.0 and official release-YYYYMMDD.N builds. We
+probe each binary once (version and flag list), then build command lines from
+what it supports instead of assuming one version.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .errors import SandboxError
+from .spec import CAPABILITIES_38, CAPABILITIES_41
+
+INSTALL_HINT = ("install it with `apt-get install -t bookworm-backports runsc` (Debian 12) "
+                "or from https://gvisor.dev/docs/user_guide/install/, or pass --runsc PATH")
+VERSION_DATE = re.compile(r"(\d{8})\.\d+")
+FLAG_NAME = re.compile(r"^\s+-{1,2}([a-z0-9][a-z0-9_-]*)", re.MULTILINE)
+# First build that accepts CAP_PERFMON, CAP_BPF and CAP_CHECKPOINT_RESTORE (gVisor #8529).
+NEW_CAPABILITIES_SINCE = 20230301
+# Debian 12's stock build answers statx(AT_NO_AUTOMOUNT) with EINVAL: `ls` fails inside.
+BROKEN_STATX_DATES = (20221219,)
+CONTROL_TIMEOUT = 10.0  # seconds for a `runsc kill`/`delete`; they normally take ~30 ms
+
+
+@dataclass(frozen=True)
+class Runsc:
+    """One probed runsc binary."""
+
+    path: str
+    version: str
+    date: int | None
+    flags: frozenset[str]
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        if self.date is not None and self.date < NEW_CAPABILITIES_SINCE:
+            return CAPABILITIES_38
+        return CAPABILITIES_41
+
+    @property
+    def breaks_stat(self) -> bool:
+        return self.date in BROKEN_STATX_DATES
+
+    def global_args(self, *, state_dir: str, log_file: str, rootless: bool) -> list[str]:
+        """Flags before the subcommand for a run with no network."""
+        args = [self.path, f"--root={state_dir}", "--network=none"]
+        if rootless:
+            args.append("--rootless")
+        # Pass the overlay explicitly: the default changed to root:self in 2023,
+        # which the 2022 build rejects; root:memory works in every version.
+        if "overlay2" in self.flags:
+            args.append("--overlay2=root:memory")
+        else:
+            args.append("--overlay")
+        # The run command's log line "Exiting with status: N" carries the raw
+        # wait status (exit code and signal apart); its exit code cannot.
+        args.append(f"--debug-log={log_file}")
+        if "debug-command" in self.flags:
+            args.append("--debug-command=run")  # keep boot/gofer logging off the critical path
+        return args
+
+    def control(self, state_dir: str, *args: str, rootless: bool) -> subprocess.CompletedProcess:
+        """Run `runsc kill/delete/...` against our state root; never raises for its status."""
+        cmd = [self.path, f"--root={state_dir}"] + (["--rootless"] if rootless else []) + list(args)
+        try:
+            return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=CONTROL_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(cmd, -9, "", f"timed out: {exc}")
+
+
+def locate(explicit: str | None = None, configured: str | None = None) -> Runsc:
+    """The runsc to use: the explicit one, else the configured one, else runsc on PATH."""
+    wanted = explicit or configured or "runsc"
+    path = wanted if os.sep in wanted else shutil.which(wanted)
+    if path is None or not os.access(path, os.X_OK):
+        raise SandboxError(f"runsc not found ({wanted!r}); {INSTALL_HINT}")
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    return probe(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def probe(path: str, mtime_ns: int, size: int) -> Runsc:
+    """Version and flags of one binary (cached per path and file identity)."""
+    version_text = run_probe([path, "--version"])
+    match = re.search(r"runsc version (\S+)", version_text)
+    if not match:
+        raise SandboxError(f"{path} does not look like runsc: `runsc --version` printed "
+                           f"{version_text.strip()[:200]!r}; {INSTALL_HINT}")
+    version = match.group(1)
+    date = VERSION_DATE.search(version)
+    # The 2022 build prints its flag list on stderr, later ones on stdout.
+    flags = frozenset(FLAG_NAME.findall(run_probe([path, "flags"])))
+    return Runsc(path=path, version=version, date=int(date.group(1)) if date else None,
+                 flags=flags)
+
+
+def run_probe(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=CONTROL_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SandboxError(f"cannot run {cmd[0]}: {exc}; {INSTALL_HINT}") from exc
+    return done.stdout + done.stderr
+
+
+class Container:
+    """One `runsc run` of a bundle, in its own session, and its removal.
+
+    runsc starts in a new session because Jupyter interrupts the kernel's whole
+    process group: the sandbox must be stopped deliberately (SIGINT to the
+    processes inside, SIGKILL after a grace period), never by accident.
+    """
+
+    def __init__(self, binary: Runsc, *, state_dir: str, bundle: str, container_id: str,
+                 rootless: bool) -> None:
+        self.binary = binary
+        self.state_dir = state_dir
+        self.bundle = bundle
+        self.container_id = container_id
+        self.rootless = rootless
+        self.process: subprocess.Popen | None = None
+
+    def start(self, log_file: str) -> subprocess.Popen:
+        cmd = self.binary.global_args(state_dir=self.state_dir, log_file=log_file,
+                                      rootless=self.rootless)
+        cmd += ["run", f"--bundle={self.bundle}", self.container_id]
+        try:
+            self.process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, close_fds=True, cwd=self.bundle)
+        except OSError as exc:
+            raise SandboxError(f"cannot start {self.binary.path}: {exc}; {INSTALL_HINT}") from exc
+        return self.process
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_all(self, signal_name: str) -> None:
+        """Send a signal to every process inside the sandbox."""
+        self.binary.control(self.state_dir, "kill", "--all", self.container_id, signal_name,
+                            rootless=self.rootless)
+
+    def stop(self, grace: float) -> None:
+        """End the sandbox: SIGINT inside, then SIGKILL after `grace` s (0: SIGKILL at once)."""
+        if grace > 0 and self.running():
+            self.signal_all("INT")
+            self.wait_for_exit(grace)
+        if self.running():
+            self.signal_all("KILL")
+            self.wait_for_exit(1.0)
+        if self.running():
+            # runsc itself does not answer (e.g. not started yet): kill its session.
+            kill_group(self.process.pid)
+            self.wait_for_exit(1.0)
+
+    def wait_for_exit(self, seconds: float) -> bool:
+        try:
+            self.process.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def remove(self, state: str, marker: str) -> None:
+        """Leave nothing behind: no runsc process, no runsc state. Idempotent.
+
+        `state` is our state root (to find the container's runsc files) and
+        `marker` a string every process of this run has in its command line.
+        """
+        if self.running():
+            self.stop(grace=0)
+        from .ledger import container_has_state, processes_of
+        if container_has_state(state, self.container_id):
+            self.binary.control(self.state_dir, "delete", "--force", self.container_id,
+                                rootless=self.rootless)
+        # A runsc killed before it could clean up leaves its sandbox and gofer behind.
+        for pid in processes_of(marker):
+            kill_process(pid)
+        for pipe in (self.process.stdout, self.process.stderr) if self.process else ():
+            pipe.close()
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_process(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,70 @@
+"""SandboxConfig -> OCI runtime spec (a dict for config.json). Pure functions only.
+
+The spec is what `runsc do` builds (runsc/cmd/do.go): the root filesystem
+(read-only on the host, writable through runsc's in-memory overlay), the
+working directory, the environment, every capability, the hostname and its
+own pid/ipc/uts/mount/network namespaces. The cell's script is bind-mounted
+read-only at SCRIPT_PATH, a path that does not exist on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .config import SandboxConfig
+
+SCRIPT_PATH = "/.sandbox-magic/cell"
+OCI_VERSION = "1.0.2"
+NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
+
+# Linux capabilities in number order (CAP_CHOWN = 0 ... CAP_AUDIT_READ = 37).
+CAPABILITIES_38 = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+)
+# Kernel 5.8/5.9 additions; runsc releases before 2023-03 refuse the whole spec
+# when they appear (gVisor issue #8529), so runsc.py decides which list to use.
+CAPABILITIES_41 = CAPABILITIES_38 + ("CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE")
+
+
+def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
+               script_source: str, capabilities: Sequence[str] = CAPABILITIES_38) -> dict:
+    """The OCI spec for `config`; `script_source` is the host file holding the script."""
+    caps = list(capabilities)
+    return {
+        "ociVersion": OCI_VERSION,
+        # Not read-only: runsc's overlay takes the writes, and a read-only
+        # root under --overlay2=root:memory makes every write fail.
+        "root": {"path": config.root, "readonly": False},
+        "hostname": config.hostname,
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": script_command(config.script),
+            "env": [f"{name}={value}" for name, value in environment.items()],
+            "cwd": config.cwd,
+            "capabilities": {kind: caps for kind in
+                             ("bounding", "effective", "inheritable", "permitted", "ambient")},
+        },
+        "mounts": [{"destination": SCRIPT_PATH, "type": "bind", "source": script_source,
+                    "options": ["rbind", "ro"]}],
+        "linux": {"namespaces": [{"type": kind} for kind in NAMESPACES]},
+    }
+
+
+def script_command(script: str) -> list[str]:
+    """How the sandbox starts the script: a `#!` line picks the interpreter, as on Linux."""
+    if script.startswith("#!"):
+        return [SCRIPT_PATH]
+    return ["/bin/sh", SCRIPT_PATH]
+
+
+def script_file_text(script: str) -> str:
+    """The script as written to its file: a shell needs the last line terminated."""
+    return script if script.endswith("\n") or not script else script + "\n"
