@@ -31,6 +31,7 @@ POLL_SECONDS = 0.1       # the longest the main thread blocks: SIGINT is seen wi
 READ_SIZE = 1 << 16
 INTERRUPT_GRACE = 0.5    # SIGINT to the script, then SIGKILL after this long
 DRAIN_SECONDS = 2.0      # how long to collect output still in flight after a stop
+ORPHAN_GRACE = 2.0       # runsc exited but something still holds the pipes open: give up
 
 
 def run(script: str, *, root: str = "/", cwd: str | None = None,
@@ -125,10 +126,17 @@ def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
     Returns whether the deadline passed.
     """
     timed_out = False
+    exited_at = None
     with selectors.DefaultSelector() as selector:
         for pipe in streams:
             selector.register(pipe, selectors.EVENT_READ, streams[pipe])
         while selector.get_map():
+            if process.poll() is not None:
+                # The pipes normally close before runsc exits; if an orphan of a
+                # crashed runsc keeps them open, stop waiting (teardown kills it).
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > ORPHAN_GRACE:
+                    break
             wait = POLL_SECONDS
             if deadline is not None and not timed_out:
                 remaining = deadline - time.monotonic()

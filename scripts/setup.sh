@@ -84,8 +84,12 @@ make_venv() {
     stamp=".venv/.installed$extras-$(sha256sum pyproject.toml | cut -c1-16)"
     [[ -f "$stamp" ]] && return
     [[ -x .venv/bin/python ]] || /usr/bin/python3 -m venv .venv
-    .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e ".$extras"
+    # pip's log goes to a file: the machine's pip config makes it chatty.
+    if ! .venv/bin/pip install -q -e ".$extras" >.venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        echo "setup: pip install failed (log above, also in .venv/pip.log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 }
 

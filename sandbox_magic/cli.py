@@ -1,0 +1,101 @@
+"""The `sandbox-magic` command: the same run() as the magic, from a shell.
+
+    sandbox-magic run [options] (SCRIPT_FILE | -c SCRIPT)
+    sandbox-magic demo [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SandboxConfigError, SandboxError
+from .options import RUN_OPTIONS
+
+REPO_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SandboxConfigError as exc:
+        parser.exit(2, f"sandbox-magic: error: {exc}\n")
+    except SandboxError as exc:
+        parser.exit(1, f"sandbox-magic: {exc}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandbox-magic",
+                                     description="Run shell scripts in gVisor sandboxes.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a script in a fresh sandbox",
+                              description="Run a script in a fresh sandbox. Exits with the "
+                                          "script's status, or 128+N if signal N killed it, "
+                                          "as `runsc do` does.")
+    for option in RUN_OPTIONS:
+        option.add_to(run)
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("script_file", nargs="?", metavar="SCRIPT_FILE",
+                        help="file holding the script (- for standard input)")
+    source.add_argument("-c", dest="script", metavar="SCRIPT", help="the script itself")
+    run.set_defaults(handler=command_run)
+
+    demo = commands.add_parser("demo", help="execute notebooks/quickstart.ipynb in a real "
+                                            "kernel and print its cells and outputs")
+    demo.add_argument("--notebook", default=str(REPO_NOTEBOOKS / "quickstart.ipynb"))
+    demo.add_argument("--output", default=None,
+                      help="directory for the executed copy (default: build/demo)")
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .runner import run
+    script = args.script if args.script is not None else read_script(args.script_file)
+    result = run(script, root=args.root or "/", cwd=args.cwd, env=args.env,
+                 env_all=bool(args.env_all), hostname=args.hostname, timeout=args.timeout,
+                 runsc=args.runsc, on_stdout=write_to(sys.stdout), on_stderr=write_to(sys.stderr))
+    if result.timed_out:
+        print(f"sandbox-magic: {result.status_text()}", file=sys.stderr)
+    return 128 + result.signal if result.signal is not None else result.exit_code
+
+
+def read_script(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise SandboxConfigError("script_file", f"cannot read {path}: {exc.strerror}",
+                                 "give a readable file, or the script with -c") from None
+
+
+def write_to(stream):
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+    return write
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from .notebooks import execute_notebook, summarize
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        raise SandboxConfigError("notebook", f"{notebook} not found",
+                                 "run from a clone of the repository, or pass --notebook PATH")
+    output_dir = Path(args.output or Path.cwd() / "build" / "demo")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    executed_path = output_dir / notebook.name.replace(".ipynb", ".executed.ipynb")
+    print(f"executing {notebook} in a real kernel...", flush=True)
+    executed = execute_notebook(notebook, executed_path)
+    print(summarize(executed))
+    print(f"\nexecuted notebook: {executed_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

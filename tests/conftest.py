@@ -1,0 +1,104 @@
+"""Shared fixtures. Everything runs for real: runsc, the kernel, the filesystem.
+
+After every test, `no_leftovers` asserts that nothing of ours remains on the
+machine (run dirs, runsc state, runsc processes); a leftover fails the test
+that made it, and is then cleaned so that the next test starts clean.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox_magic import ledger
+
+REPO = Path(__file__).resolve().parent.parent
+STOCK_RUNSC = REPO / ".cache" / "runsc-20221219" / "runsc"
+
+
+def backports_runsc() -> str:
+    path = shutil.which("runsc")
+    assert path, "runsc is not installed: run `make test` (scripts/setup.sh --test)"
+    return path
+
+
+RUNSC_BUILDS = {
+    "backports": backports_runsc,
+    "stock-20221219": lambda: str(STOCK_RUNSC),
+}
+
+
+@pytest.fixture(params=sorted(RUNSC_BUILDS), ids=sorted(RUNSC_BUILDS))
+def runsc_path(request) -> str:
+    """Each Debian runsc build: the bookworm-backports one and the stock 2022 one."""
+    path = RUNSC_BUILDS[request.param]()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{path} missing: scripts/setup.sh --test caches the stock runsc")
+    return path
+
+
+def wait_for_no_leftovers(seconds: float = 3.0) -> list[str]:
+    end = time.monotonic() + seconds
+    while True:
+        found = ledger.leftovers()
+        if not found or time.monotonic() > end:
+            return found
+        time.sleep(0.05)
+
+
+def force_clean(found: list[str]) -> None:
+    state = ledger.state_root()
+    for pid in ledger.processes_of(ledger.runsc_root(state)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for name in ledger.container_state_entries(state):
+        if name.endswith(".state"):
+            cid = name.split("_", 1)[0]
+            subprocess.run([backports_runsc(), f"--root={ledger.runsc_root(state)}", "delete",
+                            "--force", cid], capture_output=True)
+    for run in ledger.list_runs(state):
+        shutil.rmtree(run.path, ignore_errors=True)
+    for name in ledger.container_state_entries(state):
+        path = os.path.join(ledger.runsc_root(state), name)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    before = ledger.leftovers()
+    if before:
+        force_clean(before)
+    yield
+    # Teardown is synchronous, but give an orphaned process an instant to die.
+    found = wait_for_no_leftovers()
+    if found:
+        force_clean(found)
+    assert not found, "left behind:\n" + "\n".join(found)
+
+
+@pytest.fixture(scope="session")
+def ipython_shell():
+    from IPython.testing.globalipapp import start_ipython
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "sandbox_magic")
+    return shell
+
+
+@pytest.fixture
+def shell(ipython_shell):
+    """A real InteractiveShell with the extension loaded and default config."""
+    magics = next(m for m in ipython_shell.configurables if type(m).__name__ == "SandboxMagics")
+    saved = {name: getattr(magics, name) for name in magics.trait_names() if
+             magics.trait_metadata(name, "config")}
+    yield ipython_shell
+    for name, value in saved.items():
+        setattr(magics, name, value)
