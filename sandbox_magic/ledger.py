@@ -179,7 +179,15 @@ def leftovers(state: str | None = None) -> list[str]:
     found += [f"runsc state {os.path.join(runsc_root(state), name)}"
               for name in container_state_entries(state)]
     found += [f"process {pid} ({command_of(pid)})" for pid in processes_of(runsc_root(state))]
+    found += [f"cgroup {path}" for path in container_cgroups()]
     return found
+
+
+def container_cgroups() -> list[str]:
+    """cgroup directories named after containers of ours (runsc's default is /<id>)."""
+    import glob
+    return sorted(glob.glob(f"/sys/fs/cgroup/{CONTAINER_PREFIX}*") +
+                  glob.glob(f"/sys/fs/cgroup/*/{CONTAINER_PREFIX}*"))
 
 
 def command_of(pid: int) -> str:

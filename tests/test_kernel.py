@@ -1,0 +1,102 @@
+"""%%sandbox in real Jupyter kernels: live streaming, interrupt, notebooks via nbclient."""
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from sandbox_magic.notebooks import execute_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.fixture
+def kernel():
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        reply = client.execute_interactive("%load_ext sandbox_magic", timeout=60)
+        assert reply["content"]["status"] == "ok"
+        yield manager, client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def execute_collecting(client, code, timeout=60, on_message=None):
+    """Execute `code`; return (reply, [(seconds since start, iopub message)])."""
+    start = time.monotonic()
+    messages = []
+
+    def record(message):
+        messages.append((time.monotonic() - start, message))
+        if on_message:
+            on_message(message)
+
+    reply = client.execute_interactive(code, timeout=timeout, output_hook=record)
+    return reply, messages
+
+
+def stream_times(messages, needle):
+    return [at for at, m in messages
+            if m["msg_type"] == "stream" and needle in m["content"]["text"]]
+
+
+def test_output_reaches_the_notebook_while_the_script_runs(kernel):
+    _, client = kernel
+    reply, messages = execute_collecting(client, "%%sandbox\necho first\nsleep 2\necho second")
+    assert reply["content"]["status"] == "ok"
+    first, second = stream_times(messages, "first")[0], stream_times(messages, "second")[0]
+    assert second - first >= 1.5, "the first line was not shown before the sleep ended"
+
+
+def test_interrupt_kills_the_sandbox_within_two_seconds(kernel):
+    manager, client = kernel
+    interrupted_at = []
+
+    def interrupt_when_started(message):
+        if (not interrupted_at and message["msg_type"] == "stream"
+                and "started" in message["content"]["text"]):
+            interrupted_at.append(time.monotonic())
+            manager.interrupt_kernel()
+
+    reply, _ = execute_collecting(client, "%%sandbox\necho started\nsleep 60",
+                                  on_message=interrupt_when_started)
+    assert interrupted_at, "the cell never started"
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - interrupted_at[0] < 2.0
+    # The kernel is still usable.
+    again, messages = execute_collecting(client, "%%sandbox\necho alive")
+    assert again["content"]["status"] == "ok" and stream_times(messages, "alive")
+
+
+def test_failing_cell_error_in_kernel(kernel):
+    _, client = kernel
+    reply, messages = execute_collecting(client, "%%sandbox\nexit 3")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "SandboxExitError"
+    errors = [m for _, m in messages if m["msg_type"] == "error"]
+    assert errors[0]["content"]["traceback"] == ["SandboxExitError: sandbox exited with status 3"]
+
+
+def test_quickstart_notebook_executes(tmp_path):
+    executed = execute_notebook(NOTEBOOKS / "quickstart.ipynb", tmp_path / "out.ipynb")
+    nbformat.validate(executed)
+    outputs = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
+                      for o in c.outputs)
+    assert "file on the host? False" in outputs
+    assert "exit 137 -> 137 None 137" in outputs
+    assert "SIGKILL  -> None 9 -9" in outputs
+    assert "True - timed out after 2 s" in outputs
+    assert "42 exited with status 0" in outputs
+
+
+def test_committed_notebooks_have_no_outputs():
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, path

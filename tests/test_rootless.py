@@ -1,0 +1,94 @@
+"""A normal user's kernel: the same cell runs through runsc's rootless mode.
+
+The test makes a user, gives it a readable copy of the package and of the
+venv's libraries (the clone may live under /root, mode 0700), and runs a
+%%sandbox cell in a real InteractiveShell as that user, with each runsc build.
+"""
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import sandbox_magic
+
+USER = "sbx-magic-test"
+PACKAGE = Path(sandbox_magic.__file__).resolve().parent
+
+CHECK = textwrap.dedent("""
+    import json, os, sys
+    from IPython.testing.globalipapp import start_ipython
+    from sandbox_magic import ledger
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "sandbox_magic")
+    shell.run_cell_magic("sandbox", "--runsc " + sys.argv[1] + " --result r --out o --no-raise-error",
+                         "id -u; hostname; echo written > /tmp/x && cat /tmp/x; exit 3")
+    r = shell.user_ns["r"]
+    print(json.dumps({"out": r.stdout, "exit_code": r.exit_code, "signal": r.signal,
+                      "state": ledger.state_root(), "leftovers": ledger.leftovers(),
+                      "euid": os.geteuid()}))
+""")
+
+
+@pytest.fixture(scope="module")
+def normal_user():
+    created = False
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER], check=True)
+        created = True
+    yield pwd.getpwnam(USER)
+    if created:
+        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+        subprocess.run(["userdel", USER], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def readable_install(tmp_path_factory, normal_user):
+    """A world-readable copy of the package, its libraries and the runsc builds."""
+    base = tmp_path_factory.mktemp("rootless")
+    base.chmod(0o755)
+    for parent in base.parents:
+        if str(parent).startswith("/tmp/pytest"):
+            parent.chmod(0o755)
+    shutil.copytree(PACKAGE, base / "src" / "sandbox_magic",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    site = sysconfig.get_paths()["purelib"]
+    copy = subprocess.run(["cp", "-al", site, str(base / "site")], capture_output=True)
+    if copy.returncode != 0:
+        shutil.copytree(site, base / "site", symlinks=True)
+    (base / "check.py").write_text(CHECK)
+    subprocess.run(["chmod", "-R", "a+rX", str(base / "src"), str(base / "check.py")], check=True)
+    yield base
+    state = Path(f"/tmp/sandbox-magic-{normal_user.pw_uid}")
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def test_cell_runs_rootless_as_a_normal_user(readable_install, normal_user, runsc_path):
+    runsc_copy = readable_install / f"runsc-{abs(hash(runsc_path))}"
+    shutil.copy2(runsc_path, runsc_copy)
+    runsc_copy.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+           "PYTHONPATH": f"{readable_install}/src:{readable_install}/site"}
+    done = subprocess.run(
+        ["su", USER, "-s", "/bin/sh", "-c",
+         f"cd /tmp && env {' '.join(f'{k}={v}' for k, v in env.items())} "
+         f"/usr/bin/python3 {readable_install}/check.py {runsc_copy}"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["euid"] == normal_user.pw_uid
+    assert report["out"].splitlines() == ["0", os.uname().nodename, "written"]
+    assert (report["exit_code"], report["signal"]) == (3, None)
+    # su leaves XDG_RUNTIME_DIR unset: the private per-uid fallback is used.
+    assert report["state"] == f"/tmp/sandbox-magic-{normal_user.pw_uid}"
+    assert report["leftovers"] == []
+    assert not os.path.exists("/tmp/x")
