@@ -141,3 +141,12 @@ def test_repeated_sigint_during_teardown_leaves_nothing(shell):
     with pytest.raises(KeyboardInterrupt):
         cell(shell, "", "trap '' INT; sleep 30")
     timer.join()
+
+
+def test_interrupt_reaches_the_script_first(shell, capsys):
+    """The script sees SIGINT before anything harsher: a trap can report it."""
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        cell(shell, "", "trap 'echo got SIGINT; exit 5' INT\necho ready\nsleep 30 & wait")
+    assert "got SIGINT" in capsys.readouterr().out

@@ -212,3 +212,33 @@ def test_state_root_is_private():
     from sandbox_magic import ledger
     info = os.stat(ledger.state_root())
     assert stat.S_IMODE(info.st_mode) == 0o700
+
+
+def test_official_release_version_form(tmp_path):
+    """Official builds say `runsc version release-YYYYMMDD.N`: the date is found and
+    the post-2023 capability set is used (the binary underneath is the backports one)."""
+    import shutil as sh
+    from sandbox_magic.runsc import locate
+    from sandbox_magic.spec import CAPABILITIES_41
+    real = sh.which("runsc")
+    wrapper = tmp_path / "runsc"
+    wrapper.write_text(f"""#!/bin/sh
+if [ "$1" = "--version" ]; then echo "runsc version release-20260817.0"; echo "spec: 1.1.0"; exit 0; fi
+exec "{real}" "$@"
+""")
+    wrapper.chmod(0o755)
+    binary = locate(str(wrapper))
+    assert (binary.version, binary.date) == ("release-20260817.0", 20260817)
+    assert binary.capabilities == CAPABILITIES_41 and not binary.breaks_stat
+    assert {"overlay2", "debug-command", "ignore-cgroups"} <= binary.flags
+    result = run("grep CapEff /proc/self/status", runsc=str(wrapper))
+    assert result.ok and result.runsc_version == "release-20260817.0"
+
+
+def test_stock_build_is_recognised_as_breaking_stat():
+    from tests.conftest import STOCK_RUNSC
+    from sandbox_magic.runsc import locate
+    binary = locate(str(STOCK_RUNSC))
+    assert binary.date == 20221219 and binary.breaks_stat
+    assert len(binary.capabilities) == 38
+    assert {"overlay2", "debug-command", "ignore-cgroups"} <= binary.flags
