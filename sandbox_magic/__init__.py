@@ -11,14 +11,22 @@ Python: `sandbox_magic.run(script, **options) -> SandboxResult`.
 from .config import SandboxConfig, make_config
 from .errors import SandboxConfigError, SandboxError, SandboxExitError
 from .result import SandboxResult
-from .runner import run
+from .runner import run, wait_for_teardowns
 
 __all__ = ["run", "SandboxConfig", "SandboxResult", "SandboxError", "SandboxConfigError",
            "SandboxExitError", "make_config", "load_ipython_extension"]
 
 
 def load_ipython_extension(ipython) -> None:
+    from .ledger import cleanup
     from .magic import SandboxMagics
+    try:
+        removed = cleanup()   # what kernels that died mid-cell left behind
+    except Exception as exc:  # never block loading the extension
+        print(f"sandbox_magic: cleanup of dead runs failed: {exc}")
+    else:
+        if removed:
+            print(f"sandbox_magic: removed leftovers of dead kernels: {', '.join(removed)}")
     magics = SandboxMagics(shell=ipython)
     ipython.register_magics(magics)
     # Listed among the shell's configurables, the defaults answer to %config.

@@ -1,6 +1,7 @@
 """The `sandbox-magic` command: the same run() as the magic, from a shell.
 
     sandbox-magic run [options] (SCRIPT_FILE | -c SCRIPT)
+    sandbox-magic cleanup [--all]
     sandbox-magic demo [--output DIR]
 """
 
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import SandboxConfigError, SandboxError
-from .options import RUN_OPTIONS
+from .options import RUN_OPTIONS, run_kwargs
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -44,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("-c", dest="script", metavar="SCRIPT", help="the script itself")
     run.set_defaults(handler=command_run)
 
+    clean = commands.add_parser("cleanup", help="remove what sandboxes of dead owners left",
+                                description="Remove the sandboxes, network namespaces, veths, "
+                                            "NAT rules and files that runs whose owner died "
+                                            "left behind. --all: every sandbox of ours, "
+                                            "running or not, and any tagged leftover.")
+    clean.add_argument("--all", action="store_true", dest="everything")
+    clean.set_defaults(handler=command_cleanup)
+
     demo = commands.add_parser("demo", help="execute notebooks/quickstart.ipynb in a real "
                                             "kernel and print its cells and outputs")
     demo.add_argument("--notebook", default=str(REPO_NOTEBOOKS / "quickstart.ipynb"))
@@ -56,12 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
 def command_run(args: argparse.Namespace) -> int:
     from .runner import run
     script = args.script if args.script is not None else read_script(args.script_file)
-    result = run(script, root=args.root or "/", cwd=args.cwd, env=args.env,
-                 env_all=bool(args.env_all), hostname=args.hostname, timeout=args.timeout,
-                 runsc=args.runsc, on_stdout=write_to(sys.stdout), on_stderr=write_to(sys.stderr))
+    result = run(script, **run_kwargs(args), on_stdout=write_to(sys.stdout),
+                 on_stderr=write_to(sys.stderr))
     if result.timed_out:
         print(f"sandbox-magic: {result.status_text()}", file=sys.stderr)
     return 128 + result.signal if result.signal is not None else result.exit_code
+
+
+def command_cleanup(args: argparse.Namespace) -> int:
+    from .ledger import cleanup
+    removed = cleanup(everything=args.everything)
+    print("\n".join(f"removed {item}" for item in removed) or "nothing to clean up")
+    return 0
 
 
 def read_script(path: str) -> str:

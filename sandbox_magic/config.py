@@ -6,6 +6,7 @@ The magic, the panel, the CLI and `run()` all come through `make_config`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -42,11 +43,23 @@ class SandboxConfig:
     hostname: str = field(default_factory=socket.gethostname)
     timeout: float | None = None
     runsc: str | None = None
+    # Network (see network.py): mode "none" is an empty namespace, loopback only.
+    network: str = "none"
+    ip: str | None = None          # "ADDR/PREFIX", normalized
+    peer: str | None = None        # the host side of the veth
+    netns: bool = True             # False: the host's namespace (--no-netns)
+    nat: bool = True
+    dns: tuple[str, ...] = ()      # empty: the host's nameservers, else 8.8.8.8
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface | None:
+        return ipaddress.IPv4Interface(self.ip) if self.ip else None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (for run records); `from_dict` reverses it."""
         data = asdict(self)
         data["env"] = [f"{name}={value}" for name, value in self.env]
+        data["dns"] = list(self.dns)
         return data
 
     @classmethod
@@ -58,7 +71,9 @@ def make_config(script: str, *, root: str = "/", cwd: str | None = None,
                 env: Mapping[str, str] | Iterable[str] | None = None,
                 env_all: bool = False, hostname: str | None = None,
                 timeout: float | str | None = None,
-                runsc: str | None = None) -> SandboxConfig:
+                runsc: str | None = None, network: str | None = None,
+                ip: str | None = None, peer: str | None = None, netns: bool = True,
+                nat: bool = True, dns: Iterable[str] | None = None) -> SandboxConfig:
     """Validate user-facing options and return a SandboxConfig.
 
     Raises SandboxConfigError naming the option and the fix. Reads the
@@ -78,6 +93,8 @@ def make_config(script: str, *, root: str = "/", cwd: str | None = None,
         hostname=check_hostname(hostname),
         timeout=check_timeout(timeout),
         runsc=check_runsc(runsc),
+        **check_network(network, ip, peer, check_flag("netns", netns),
+                        check_flag("nat", nat), dns),
     )
 
 
@@ -216,3 +233,137 @@ def passes_filter(name: str, value: str) -> bool:
     if name == "MPLBACKEND" and value.startswith("module://"):
         return False
     return True
+
+
+NETWORK_MODES = ("none", "sandbox", "host")
+DEFAULT_PREFIX = 24
+
+
+def check_network(mode: str | None, ip: str | None, peer: str | None, netns: bool,
+                  nat: bool, dns: Iterable[str] | None) -> dict:
+    """The network fields of a SandboxConfig, checked against each other.
+
+    Only the values themselves are checked here; whether the subnet is free on
+    this host is checked when the run starts (network.reserve), still before
+    anything is created.
+    """
+    if mode is not None and mode not in NETWORK_MODES:
+        raise SandboxConfigError("network", f"{mode!r} is not a network mode",
+                                 "use --network none, sandbox or host")
+    dns = check_dns(dns)
+    if ip is None:
+        return check_without_address(mode, peer, netns, nat, dns)
+    if mode == "none":
+        raise SandboxConfigError("network", "--network none contradicts --ip",
+                                 "drop --ip for a sandbox without network, or --network none")
+    if not netns:
+        raise SandboxConfigError("netns", "--no-netns shares the host's network, which "
+                                 "takes no --ip", "drop --ip, or drop --no-netns")
+    address = check_address(ip)
+    return dict(network=mode or "sandbox", ip=str(address), peer=str(check_peer(peer, address)),
+                netns=True, nat=nat, dns=dns)
+
+
+def check_without_address(mode, peer, netns, nat, dns) -> dict:
+    if mode == "sandbox":
+        raise SandboxConfigError("network", "--network sandbox needs the sandbox's address",
+                                 "add --ip ADDR, e.g. --ip 10.0.0.2")
+    if mode == "host" and netns:
+        raise SandboxConfigError("network", "--network host needs --ip ADDR (a namespace of "
+                                 "its own) or --no-netns (the host's network)",
+                                 "add --ip 10.0.0.2, or --no-netns")
+    if not netns and mode != "host":
+        raise SandboxConfigError("netns", "--no-netns is allowed only with --network host",
+                                 "add --network host, or drop --no-netns")
+    for field, given in (("peer", peer is not None), ("dns", bool(dns)), ("nat", not nat)):
+        if given:
+            name = "--no-nat" if field == "nat" else f"--{field}"
+            raise SandboxConfigError(field, f"{name} applies only to a sandbox with --ip",
+                                     f"add --ip ADDR, or drop {name}")
+    return dict(network=mode or "none", ip=None, peer=None, netns=netns, nat=True, dns=())
+
+
+def check_address(ip: str) -> ipaddress.IPv4Interface:
+    """'ADDR[/PREFIX]' -> an IPv4 interface address, usable for a host."""
+    text, _, prefix_text = str(ip).partition("/")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise SandboxConfigError("ip", f"{ip!r} is not an IPv4 address",
+                                 "write e.g. --ip 10.0.0.2 or --ip 10.0.0.2/24") from None
+    if address.version != 4:
+        raise SandboxConfigError("ip", f"{ip}: IPv6 addresses are not supported",
+                                 "give an IPv4 address, e.g. --ip 10.0.0.2")
+    prefix = check_prefix(ip, prefix_text)
+    interface = ipaddress.IPv4Interface(f"{address}/{prefix}")
+    if (address.is_loopback or address.is_multicast or address.is_unspecified
+            or address.is_link_local or address.is_reserved):
+        raise SandboxConfigError("ip", f"{address} is a loopback, multicast, link-local or "
+                                 "reserved address", "use a private address such as 10.0.0.2")
+    check_host_address("ip", address, interface.network)
+    return interface
+
+
+def check_prefix(ip: str, text: str) -> int:
+    if not text:
+        return DEFAULT_PREFIX
+    if not text.isdigit() or not 1 <= int(text) <= 30:
+        raise SandboxConfigError("ip", f"{ip}: the prefix /{text} is out of range",
+                                 "use a prefix from /1 to /30, e.g. /24 (the default)")
+    return int(text)
+
+
+def check_host_address(field: str, address: ipaddress.IPv4Address,
+                       network: ipaddress.IPv4Network) -> None:
+    if address == network.network_address:
+        raise SandboxConfigError(field, f"{address} is the network address of {network}",
+                                 f"use a host address such as {network.network_address + 2}")
+    if address == network.broadcast_address:
+        raise SandboxConfigError(field, f"{address} is the broadcast address of {network}",
+                                 f"use a host address such as {network.network_address + 2}")
+
+
+def default_peer(address: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+    """runsc do's rule: the last octet plus one, wrapping to 1 after 255."""
+    octets = address.packed
+    last = octets[3] + 1 if octets[3] < 255 else 1
+    return ipaddress.IPv4Address(octets[:3] + bytes([last]))
+
+
+def check_peer(peer: str | None, interface: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
+    network = interface.network
+    if peer is None:
+        chosen = default_peer(interface.ip)
+        if chosen not in network or chosen in (network.network_address,
+                                               network.broadcast_address):
+            raise SandboxConfigError("peer", f"the default peer {chosen} (last octet + 1) is "
+                                     f"not a host of {network}",
+                                     f"give --peer, e.g. --peer {network.network_address + 1}")
+        return chosen
+    try:
+        chosen = ipaddress.IPv4Address(peer)
+    except ValueError:
+        raise SandboxConfigError("peer", f"{peer!r} is not an IPv4 address",
+                                 f"give an address in {network}, e.g. "
+                                 f"--peer {network.network_address + 1}") from None
+    if chosen == interface.ip:
+        raise SandboxConfigError("peer", f"{peer} is the sandbox's own address",
+                                 "give the host side another address in the same subnet")
+    if chosen not in network:
+        raise SandboxConfigError("peer", f"{peer} is outside the sandbox's subnet {network}",
+                                 f"give an address in {network}")
+    check_host_address("peer", chosen, network)
+    return chosen
+
+
+def check_dns(dns: Iterable[str] | None) -> tuple[str, ...]:
+    if dns is None:
+        return ()
+    servers = [dns] if isinstance(dns, str) else list(dns)
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise SandboxConfigError("dns", f"{server!r} is not an IP address",
+                                     "give a nameserver address, e.g. --dns 1.1.1.1") from None
+    return tuple(servers)

@@ -35,7 +35,7 @@ class SandboxConfigError(SandboxError, ValueError):
         self.problem = problem
         self.fix = fix
         text = f"{option_name(field)}: {problem}"
-        super().__init__(f"{text}. {fix}" if fix else text)
+        super().__init__(f"{text}. {fix[:1].upper()}{fix[1:]}" if fix else text)
 
 
 class SandboxExitError(subprocess.CalledProcessError):
@@ -54,6 +54,9 @@ class SandboxExitError(subprocess.CalledProcessError):
         return [f"{type(self).__name__}: {self}"]
 
 
+NEGATIVE_FLAGS = {"netns": "--no-netns", "nat": "--no-nat"}
+
+
 def option_name(field: str) -> str:
     """How the magic and the CLI spell a config field: `env_all` -> `--env-all`."""
-    return "--" + field.replace("_", "-")
+    return NEGATIVE_FLAGS.get(field) or "--" + field.replace("_", "-")

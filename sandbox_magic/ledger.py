@@ -13,14 +13,12 @@ an owner died, and by the test suite's leak check.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 CONTAINER_PREFIX = "sbx-"
@@ -84,18 +82,36 @@ class RunDir:
         return os.path.join(self.path, name)
 
 
-@contextlib.contextmanager
-def new_run(state: str, runsc_path: str, rootless: bool) -> Iterator[RunDir]:
-    """Create a run directory with its owner record; remove it on exit, whatever happens."""
+def create_run(state: str, runsc_path: str, rootless: bool) -> RunDir:
+    """Create a run directory with its owner record, before any resource of the run."""
     run = RunDir(state, new_container_id())
     os.makedirs(runsc_root(state), mode=0o700, exist_ok=True)
     os.makedirs(runs_dir(state), mode=0o700, exist_ok=True)
     os.mkdir(run.path, 0o700)
     try:
         write_owner(run, runsc_path, rootless)
-        yield run
-    finally:
-        shutil.rmtree(run.path, ignore_errors=True)
+    except BaseException:
+        remove_run(run)
+        raise
+    return run
+
+
+def remove_run(run: RunDir) -> None:
+    """The last step of a run's teardown: its ledger goes with it."""
+    shutil.rmtree(run.path, ignore_errors=True)
+
+
+TEARING_DOWN = "tearing-down"
+
+
+def mark_tearing_down(run: RunDir) -> None:
+    """The sandbox is gone; its network is being removed (other runs may wait for it)."""
+    with open(run.file(TEARING_DOWN), "w"):
+        pass
+
+
+def is_tearing_down(run: RunDir) -> bool:
+    return os.path.exists(run.file(TEARING_DOWN))
 
 
 def write_owner(run: RunDir, runsc_path: str, rootless: bool) -> None:
@@ -109,11 +125,7 @@ def write_owner(run: RunDir, runsc_path: str, rootless: bool) -> None:
 
 
 def read_owner(run: RunDir) -> dict | None:
-    try:
-        with open(run.file("owner.json")) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
+    return read_json(run.file("owner.json"))
 
 
 def process_start_time(pid: int) -> int | None:
@@ -172,6 +184,27 @@ def processes_of(marker: str) -> list[int]:
     return pids
 
 
+def live_network_plans(state: str, exclude: str) -> list:
+    """(plan, tearing_down) of the runs whose owner is alive: their addresses are taken."""
+    from .network import NetworkPlan
+    plans = []
+    for run in list_runs(state):
+        if run.container_id == exclude or not owner_alive(read_owner(run)):
+            continue
+        data = read_json(run.file("network.json"))
+        if data:
+            plans.append((NetworkPlan.from_dict(data), is_tearing_down(run)))
+    return plans
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
 def leftovers(state: str | None = None) -> list[str]:
     """Everything of ours on the machine right now, one description per item."""
     state = state or state_root()
@@ -180,6 +213,20 @@ def leftovers(state: str | None = None) -> list[str]:
               for name in container_state_entries(state)]
     found += [f"process {pid} ({command_of(pid)})" for pid in processes_of(runsc_root(state))]
     found += [f"cgroup {path}" for path in container_cgroups()]
+    found += network_leftovers(state)
+    return found
+
+
+def network_leftovers(state: str) -> list[str]:
+    if os.geteuid() != 0:
+        return []  # only root can create network resources
+    from . import network
+    found = [f"netns {name}" for name in network.our_namespaces()]
+    found += [f"link {name}" for name in network.our_links()]
+    found += [f"iptables {rule}" for rule in network.our_iptables_rules()]
+    forwarding = network.read_forwarding(state)
+    if forwarding["holders"]:
+        found.append(f"ip_forward holders {forwarding['holders']}")
     return found
 
 
@@ -196,3 +243,74 @@ def command_of(pid: int) -> str:
             return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
     except OSError:
         return "?"
+
+
+# ---------------------------------------------------------------- cleanup
+
+def cleanup(state: str | None = None, everything: bool = False) -> list[str]:
+    """Remove what runs of dead owners left behind (everything=True: every run of
+    ours, live or not, and tagged resources that no run claims). Returns what was removed."""
+    state = state or state_root()
+    removed = []
+    for run in list_runs(state):
+        owner = read_owner(run)
+        if everything or not owner_alive(owner):
+            removed += cleanup_run(run, owner or {}, state)
+    if everything:
+        removed += remove_orphans(state)
+    return removed
+
+
+def cleanup_run(run: RunDir, owner: dict, state: str) -> list[str]:
+    from . import network
+    stop_container(state, run.container_id, owner.get("runsc"), bool(owner.get("rootless")))
+    for pid in processes_of(run.path):
+        kill(pid)
+    plan = read_json(run.file("network.json"))
+    if plan:
+        network.teardown(network.NetworkPlan.from_dict(plan), state)
+    remove_run(run)
+    return [f"run {run.container_id}"]
+
+
+def stop_container(state: str, container_id: str, runsc_path: str | None,
+                   rootless: bool) -> None:
+    from .runsc import locate
+    try:
+        binary = locate(runsc_path if runsc_path and os.path.exists(runsc_path) else None)
+    except Exception:
+        return  # no runsc at all: its processes are killed by command line instead
+    root = runsc_root(state)
+    binary.control(root, "kill", "--all", container_id, "KILL", rootless=rootless)
+    if container_has_state(state, container_id):
+        binary.control(root, "delete", "--force", container_id, rootless=rootless)
+
+
+def remove_orphans(state: str) -> list[str]:
+    """Tagged resources whose run directory is gone (only with everything=True)."""
+    from . import network
+    removed = []
+    for pid in processes_of(runsc_root(state)):
+        kill(pid)
+        removed.append(f"process {pid}")
+    for name in container_state_entries(state):
+        if name.endswith(".state"):
+            container_id = name.split("_", 1)[0]
+            stop_container(state, container_id, None, os.geteuid() != 0)
+            removed.append(f"runsc state {container_id}")
+    for path in container_cgroups():
+        try:
+            os.rmdir(path)
+            removed.append(f"cgroup {path}")
+        except OSError:
+            pass
+    if os.geteuid() == 0:
+        removed += network.remove_orphans(state)
+    return removed
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass

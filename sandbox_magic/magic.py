@@ -12,8 +12,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, List, Unicode
 
 from .config import make_config
+from .ledger import cleanup
 from .errors import SandboxConfigError, SandboxExitError
-from .options import MAGIC_OUTPUT_OPTIONS, RUN_OPTIONS
+from .options import MAGIC_OUTPUT_OPTIONS, RUN_OPTIONS, run_kwargs
 from .runner import run_config
 
 FLUSH_INTERVAL = 0.05  # seconds between flushes of live output
@@ -49,19 +50,15 @@ class SandboxMagics(Magics):
         """Run the cell as a shell script inside a fresh gVisor (runsc) sandbox.
 
         The host's root filesystem is visible read-only under a throw-away
-        overlay; the sandbox has no network (loopback only). A first line `#!…`
+        overlay; without --ip the sandbox has no network (loopback only). A first line `#!…`
         picks the interpreter. Output streams live; a nonzero exit or a signal
         raises CalledProcessError unless --no-raise-error.
         """
         args = self.parse_line(line)
+        defaults = dict(root=self.root, env=self.env, env_all=self.env_all,
+                        hostname=self.hostname, timeout=self.timeout, runsc=self.runsc)
         try:
-            config = make_config(
-                cell, root=args.root or self.root, cwd=args.cwd,
-                env=[*self.env, *args.env],
-                env_all=self.env_all if args.env_all is None else args.env_all,
-                hostname=args.hostname or self.hostname,
-                timeout=self.timeout if args.timeout is None else args.timeout,
-                runsc=args.runsc or self.runsc)
+            config = make_config(cell, **run_kwargs(args, defaults))
         except SandboxConfigError as exc:
             raise UsageError(str(exc)) from None
         stdout = None if args.out else LiveWriter(sys.stdout)
@@ -82,9 +79,15 @@ class SandboxMagics(Magics):
 
     @line_magic("sandbox")
     def sandbox_line(self, line: str):
-        """%sandbox: use %%sandbox (two %) to run a cell; %sandbox? shows this help."""
-        raise UsageError("%sandbox needs a cell: write %%sandbox [options] on the first line "
-                         "of a cell and the script below it (see %%sandbox?)")
+        """%sandbox cleanup [--all]: remove what sandboxes of dead kernels left behind
+        (--all: every sandbox of ours, running or not). %%sandbox (two %) runs a cell."""
+        words = shlex.split(line)
+        if words[:1] == ["cleanup"] and set(words[1:]) <= {"--all"}:
+            removed = cleanup(everything="--all" in words)
+            print("removed: " + ", ".join(removed) if removed else "nothing to clean up")
+            return
+        raise UsageError("usage: %sandbox cleanup [--all]; to run a cell, write %%sandbox "
+                         "[options] on its first line and the script below (see %%sandbox?)")
 
     def parse_line(self, line: str):
         # IPython's parse_argstring splits with posix=False and would keep the

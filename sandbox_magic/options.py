@@ -39,7 +39,41 @@ RUN_OPTIONS = (
            help="Kill the sandbox after this many seconds.")),
     Option(("--runsc",), dict(metavar="PATH", default=None,
            help="The runsc binary (default: SandboxMagics.runsc, else runsc on PATH).")),
+    Option(("--ip",), dict(metavar="ADDR[/PREFIX]", default=None,
+           help="Give the sandbox its own network namespace with this IPv4 address "
+                "(prefix default 24), a veth pair to the host and NAT. Needs root.")),
+    Option(("--peer",), dict(metavar="ADDR", default=None,
+           help="The host side of the veth (default: the last octet of --ip plus one).")),
+    Option(("--network",), dict(choices=("none", "sandbox", "host"), default=None,
+           help="none: loopback only (default without --ip); sandbox: gVisor's own "
+                "network stack (default with --ip); host: gVisor's hostinet, in the "
+                "sandbox's namespace, or the host's with --no-netns.")),
+    Option(("--no-netns",), dict(action="store_true", default=False,
+           help="Use the host's network namespace (only with --network host).")),
+    Option(("--no-nat",), dict(action="store_true", default=False,
+           help="Host-only networking: no MASQUERADE/FORWARD rules.")),
+    Option(("--dns",), dict(metavar="ADDR", action="append", default=[],
+           help="Nameserver for the sandbox's /etc/resolv.conf (repeatable; default: the "
+                "host's non-loopback nameservers, else 8.8.8.8).")),
 )
+
+
+def run_kwargs(args: argparse.Namespace, defaults: dict | None = None) -> dict:
+    """The keyword arguments of make_config()/run() from parsed RUN_OPTIONS;
+    `defaults` fill in options that were not given (the magic's traitlets)."""
+    defaults = defaults or {}
+
+    def given(name):
+        value = getattr(args, name)
+        return defaults.get(name) if value is None else value
+
+    return dict(
+        root=given("root") or "/", cwd=args.cwd,
+        env=[*defaults.get("env", []), *args.env],
+        env_all=bool(given("env_all")), hostname=given("hostname"),
+        timeout=given("timeout"), runsc=given("runsc"),
+        network=args.network, ip=args.ip, peer=args.peer, netns=not args.no_netns,
+        nat=not args.no_nat, dns=args.dns or None)
 
 # How the magic presents a result; the CLI has its own equivalents.
 MAGIC_OUTPUT_OPTIONS = (

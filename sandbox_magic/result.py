@@ -14,6 +14,21 @@ FATAL_LINE = re.compile(r"FATAL ERROR: (.*)")
 
 
 @dataclass(frozen=True)
+class NetworkInfo:
+    """The network a sandbox had. mode "none": loopback only; "sandbox": gVisor's
+    netstack; "host": gVisor's hostinet, in its own namespace unless namespace is None."""
+
+    mode: str
+    address: str | None = None
+    prefix: int | None = None
+    peer: str | None = None
+    namespace: str | None = None
+    nameservers: tuple[str, ...] = ()
+    nat: bool = False
+    veth: tuple[str, str] | None = None   # (host side, sandbox side)
+
+
+@dataclass(frozen=True)
 class SandboxResult:
     """How one sandboxed script ended, with its output.
 
@@ -32,6 +47,7 @@ class SandboxResult:
     config: SandboxConfig = field(repr=False)
     container_id: str = ""
     runsc_version: str = ""
+    network: NetworkInfo | None = None
 
     @property
     def returncode(self) -> int:

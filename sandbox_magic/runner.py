@@ -14,14 +14,15 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from . import ledger
+from . import ledger, network
 from .config import SandboxConfig, make_config, sandbox_environment
-from .errors import SandboxError
-from .result import SandboxResult, decode_wait_status, parse_runsc_log
+from .errors import SandboxConfigError, SandboxError
+from .result import NetworkInfo, SandboxResult, decode_wait_status, parse_runsc_log
 from .runsc import Container, Runsc, locate
 from .spec import build_spec, script_file_text
 
@@ -37,6 +38,8 @@ ORPHAN_GRACE = 2.0       # runsc exited but something still holds the pipes open
 def run(script: str, *, root: str = "/", cwd: str | None = None,
         env: Mapping[str, str] | Iterable[str] | None = None, env_all: bool = False,
         hostname: str | None = None, timeout: float | None = None, runsc: str | None = None,
+        network: str | None = None, ip: str | None = None, peer: str | None = None,
+        netns: bool = True, nat: bool = True, dns: Iterable[str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None) -> SandboxResult:
     """Run `script` in a fresh gVisor sandbox and return how it ended.
@@ -48,7 +51,8 @@ def run(script: str, *, root: str = "/", cwd: str | None = None,
     `on_stdout`/`on_stderr` receive decoded text as it arrives.
     """
     config = make_config(script, root=root, cwd=cwd, env=env, env_all=env_all,
-                         hostname=hostname, timeout=timeout, runsc=runsc)
+                         hostname=hostname, timeout=timeout, runsc=runsc, network=network,
+                         ip=ip, peer=peer, netns=netns, nat=nat, dns=dns)
     return run_config(config, on_stdout=on_stdout, on_stderr=on_stderr)
 
 
@@ -57,17 +61,28 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
     binary = locate(config.runsc)
     environment = sandbox_environment(os.environ, config.env, config.env_all)
     rootless = os.geteuid() != 0
+    check_privileges(config, rootless)
     state = ledger.state_root()
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        run_dir = stack.enter_context(ledger.new_run(state, binary.path, rootless))
+        run_dir = ledger.create_run(state, binary.path, rootless)
+        finish = stack.enter_context(RunFinisher(run_dir, state))
+        plan = network.prepare(config, run_dir.container_id, state, run_dir.file("network.json"),
+                               lambda: ledger.live_network_plans(state, run_dir.container_id))
+        finish.network = plan
+        network.apply(plan, state)
         spec = build_spec(config, environment=environment, script_source=run_dir.file("cell"),
-                          capabilities=binary.capabilities)
+                          capabilities=binary.capabilities,
+                          network_namespace=plan.namespace_path,
+                          etc_files=write_etc_files(run_dir, plan))
         write_bundle(run_dir, config.script, spec)
         container = Container(binary, state_dir=ledger.runsc_root(state), bundle=run_dir.path,
                               container_id=run_dir.container_id, rootless=rootless)
         stack.callback(deferring_interrupts(container.remove), state, run_dir.path)
-        process = container.start(run_dir.file("runsc.log"))
+        process = container.start(
+            run_dir.file("runsc.log"), network=plan.mode,
+            private_proc_sys_net=plan.mode == "sandbox"
+            and binary.needs_proc_sys_net_workaround(os.uname().release))
         stdout = StreamCollector(on_stdout)
         stderr = StreamCollector(on_stderr)
         deadline = started + config.timeout if config.timeout else None
@@ -84,7 +99,95 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
     return SandboxResult(
         exit_code=exit_code, signal=signal_number, stdout=stdout.text(), stderr=stderr.text(),
         timed_out=timed_out, duration=time.monotonic() - started, spec=spec, config=config,
-        container_id=run_dir.container_id, runsc_version=binary.version)
+        container_id=run_dir.container_id, runsc_version=binary.version,
+        network=network_info(plan))
+
+
+class RunFinisher:
+    """The end of every run, after the sandbox itself is gone: the network's
+    teardown and the removal of the run's ledger.
+
+    Removing a network takes ~50 ms (iptables-nft deletes, veth deletion waits
+    for RCU), which the cell does not need to wait for: it runs in a background
+    thread, and a later run that wants the same subnet waits for it
+    (network.prepare). The thread is not a daemon, so Python's exit waits for it;
+    if the process dies first, `cleanup` finds the run in the ledger.
+    """
+
+    pending: set[threading.Thread] = set()
+    pending_lock = threading.Lock()
+
+    def __init__(self, run_dir: ledger.RunDir, state: str) -> None:
+        self.run_dir = run_dir
+        self.state = state
+        self.network: network.NetworkPlan | None = None
+
+    def __enter__(self) -> "RunFinisher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with interrupts_deferred():
+            if self.network is None or not self.network.has_veth:
+                ledger.remove_run(self.run_dir)
+                return
+            ledger.mark_tearing_down(self.run_dir)
+            worker = threading.Thread(target=self.finish, name="sandbox-magic-teardown")
+            with self.pending_lock:
+                self.pending.add(worker)
+            worker.start()
+
+    def finish(self) -> None:
+        try:
+            network.teardown(self.network, self.state)
+            ledger.remove_run(self.run_dir)
+        except Exception as exc:  # the ledger stays for `cleanup`
+            print(f"sandbox-magic: {exc}; `sandbox-magic cleanup` will retry",
+                  file=sys.__stderr__)
+        finally:
+            with self.pending_lock:
+                self.pending.discard(threading.current_thread())
+
+
+def wait_for_teardowns(timeout: float = 30.0) -> bool:
+    """Wait until every background teardown of this process is done; True if all are."""
+    end = time.monotonic() + timeout
+    while True:
+        with RunFinisher.pending_lock:
+            workers = list(RunFinisher.pending)
+        if not workers:
+            return True
+        for worker in workers:
+            worker.join(max(0.0, end - time.monotonic()))
+        if time.monotonic() >= end:
+            return not RunFinisher.pending
+
+
+def check_privileges(config: SandboxConfig, rootless: bool) -> None:
+    if rootless and config.ip is not None:
+        raise SandboxConfigError("ip", "a network namespace with a veth pair needs root "
+                                 "(CAP_NET_ADMIN and CAP_SYS_ADMIN)",
+                                 "run the kernel as root, or use --network host --no-netns "
+                                 "(the host's network), or no network")
+
+
+def write_etc_files(run_dir: ledger.RunDir, plan: network.NetworkPlan) -> dict[str, str]:
+    """The sandbox's /etc/hosts, hostname and resolv.conf as files in the run dir."""
+    if not plan.has_veth:
+        return {}
+    sources = {}
+    for destination, text in network.etc_files(plan).items():
+        source = run_dir.file("etc-" + os.path.basename(destination))
+        with open(source, "w") as fh:
+            fh.write(text)
+        sources[destination] = source
+    return sources
+
+
+def network_info(plan: network.NetworkPlan) -> NetworkInfo:
+    return NetworkInfo(mode=plan.mode, address=plan.address, prefix=plan.prefix,
+                       peer=plan.peer, namespace=plan.namespace,
+                       nameservers=plan.nameservers, nat=plan.nat,
+                       veth=(plan.veth_host, plan.veth_sandbox) if plan.has_veth else None)
 
 
 def write_bundle(run_dir: ledger.RunDir, script: str, spec: dict) -> None:

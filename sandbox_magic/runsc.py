@@ -8,6 +8,7 @@ what it supports instead of assuming one version.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import re
@@ -26,6 +27,10 @@ FLAG_NAME = re.compile(r"^\s+-{1,2}([a-z0-9][a-z0-9_-]*)", re.MULTILINE)
 NEW_CAPABILITIES_SINCE = 20230301
 # Debian 12's stock build answers statx(AT_NO_AUTOMOUNT) with EINVAL: `ls` fails inside.
 BROKEN_STATX_DATES = (20221219,)
+# gVisor #10704: before this build runsc probes /proc/sys/net/core/rmem_default to
+# tell the root network namespace, which Linux 6.11 made per-namespace.
+NETNS_PROBE_FIXED_SINCE = 20240807
+PER_NETNS_RMEM_KERNEL = (6, 11)
 CONTROL_TIMEOUT = 10.0  # seconds for a `runsc kill`/`delete`; they normally take ~30 ms
 
 
@@ -48,9 +53,16 @@ class Runsc:
     def breaks_stat(self) -> bool:
         return self.date in BROKEN_STATX_DATES
 
-    def global_args(self, *, state_dir: str, log_file: str, rootless: bool) -> list[str]:
-        """Flags before the subcommand for a run with no network."""
-        args = [self.path, f"--root={state_dir}", "--network=none"]
+    def needs_proc_sys_net_workaround(self, kernel_release: str) -> bool:
+        """True when this runsc would refuse netstack in any namespace on this kernel."""
+        if self.date is None or self.date >= NETNS_PROBE_FIXED_SINCE:
+            return False
+        return kernel_version(kernel_release) >= PER_NETNS_RMEM_KERNEL
+
+    def global_args(self, *, state_dir: str, log_file: str, rootless: bool,
+                    network: str = "none") -> list[str]:
+        """Flags before the subcommand."""
+        args = [self.path, f"--root={state_dir}", f"--network={network}"]
         if rootless:
             args.append("--rootless")
         # No resource limits are asked for, so no cgroup is needed. Without this
@@ -134,14 +146,16 @@ class Container:
         self.rootless = rootless
         self.process: subprocess.Popen | None = None
 
-    def start(self, log_file: str) -> subprocess.Popen:
+    def start(self, log_file: str, network: str = "none",
+              private_proc_sys_net: bool = False) -> subprocess.Popen:
         cmd = self.binary.global_args(state_dir=self.state_dir, log_file=log_file,
-                                      rootless=self.rootless)
+                                      rootless=self.rootless, network=network)
         cmd += ["run", f"--bundle={self.bundle}", self.container_id]
         try:
             self.process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, close_fds=True, cwd=self.bundle)
+                start_new_session=True, close_fds=True, cwd=self.bundle,
+                preexec_fn=hide_proc_sys_net if private_proc_sys_net else None)
         except OSError as exc:
             raise SandboxError(f"cannot start {self.binary.path}: {exc}; {INSTALL_HINT}") from exc
         return self.process
@@ -191,6 +205,29 @@ class Container:
             kill_process(pid)
         for pipe in (self.process.stdout, self.process.stderr) if self.process else ():
             pipe.close()
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child must not dlopen
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+
+def hide_proc_sys_net() -> None:
+    """preexec_fn for runsc on kernels that trip gVisor #10704 (DESIGN.md §3):
+    in a private mount namespace of runsc's own, a tmpfs over /proc/sys/net hides
+    the file whose presence makes runsc think every namespace is the root one."""
+    if LIBC.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) for the #10704 work-around")
+    if LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "making / private for the #10704 work-around")
+    if LIBC.mount(b"none", b"/proc/sys/net", b"tmpfs", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), "tmpfs over /proc/sys/net for the #10704 work-around")
 
 
 def kill_group(pid: int) -> None:

@@ -34,8 +34,16 @@ CAPABILITIES_41 = CAPABILITIES_38 + ("CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_R
 
 
 def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
-               script_source: str, capabilities: Sequence[str] = CAPABILITIES_38) -> dict:
-    """The OCI spec for `config`; `script_source` is the host file holding the script."""
+               script_source: str, capabilities: Sequence[str] = CAPABILITIES_38,
+               network_namespace: str | None = None,
+               etc_files: Mapping[str, str] | None = None) -> dict:
+    """The OCI spec for `config`.
+
+    `script_source` is the host file holding the script; `network_namespace` the
+    path of a prepared namespace to join (None: a new empty one, or none at all
+    with --no-netns); `etc_files` maps /etc paths to host files bind-mounted
+    read-only over them.
+    """
     caps = list(capabilities)
     return {
         "ociVersion": OCI_VERSION,
@@ -52,10 +60,24 @@ def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
             "capabilities": {kind: caps for kind in
                              ("bounding", "effective", "inheritable", "permitted", "ambient")},
         },
-        "mounts": [{"destination": SCRIPT_PATH, "type": "bind", "source": script_source,
-                    "options": ["rbind", "ro"]}],
-        "linux": {"namespaces": [{"type": kind} for kind in NAMESPACES]},
+        "mounts": [read_only_file(SCRIPT_PATH, script_source)] + [
+            read_only_file(dest, source) for dest, source in (etc_files or {}).items()],
+        "linux": {"namespaces": namespaces(config, network_namespace)},
     }
+
+
+def read_only_file(destination: str, source: str) -> dict:
+    return {"destination": destination, "type": "bind", "source": source,
+            "options": ["rbind", "ro"]}
+
+
+def namespaces(config: SandboxConfig, network_namespace: str | None) -> list[dict]:
+    entries = [{"type": kind} for kind in NAMESPACES if kind != "network"]
+    if network_namespace:
+        entries.append({"type": "network", "path": network_namespace})
+    elif config.netns:
+        entries.append({"type": "network"})   # a new, empty one: loopback only
+    return entries
 
 
 def script_command(script: str) -> list[str]:

@@ -44,6 +44,8 @@ def runsc_path(request) -> str:
 
 
 def wait_for_no_leftovers(seconds: float = 3.0) -> list[str]:
+    from sandbox_magic.runner import wait_for_teardowns
+    wait_for_teardowns()
     end = time.monotonic() + seconds
     while True:
         found = ledger.leftovers()
@@ -102,3 +104,17 @@ def shell(ipython_shell):
     yield ipython_shell
     for name, value in saved.items():
         setattr(magics, name, value)
+
+
+@pytest.fixture
+def kernel():
+    """A real ipykernel (through jupyter_client) with the extension loaded."""
+    from jupyter_client.manager import start_new_kernel
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        reply = client.execute_interactive("%load_ext sandbox_magic", timeout=60)
+        assert reply["content"]["status"] == "ok"
+        yield manager, client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

@@ -5,23 +5,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from sandbox_magic.notebooks import execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-
-
-@pytest.fixture
-def kernel():
-    manager, client = start_new_kernel(kernel_name="python3")
-    try:
-        reply = client.execute_interactive("%load_ext sandbox_magic", timeout=60)
-        assert reply["content"]["status"] == "ok"
-        yield manager, client
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
 
 
 def execute_collecting(client, code, timeout=60, on_message=None):
