@@ -114,6 +114,15 @@ def is_tearing_down(run: RunDir) -> bool:
     return os.path.exists(run.file(TEARING_DOWN))
 
 
+ADDRESS_RELEASED = "address-released"
+
+
+def mark_address_released(run: RunDir) -> None:
+    """The run's veth and namespace are gone: its subnet is free for others."""
+    with open(run.file(ADDRESS_RELEASED), "w"):
+        pass
+
+
 def write_owner(run: RunDir, runsc_path: str, rootless: bool) -> None:
     owner = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
              "container_id": run.container_id, "runsc": runsc_path,
@@ -189,7 +198,8 @@ def live_network_plans(state: str, exclude: str) -> list:
     from .network import NetworkPlan
     plans = []
     for run in list_runs(state):
-        if run.container_id == exclude or not owner_alive(read_owner(run)):
+        if (run.container_id == exclude or not owner_alive(read_owner(run))
+                or os.path.exists(run.file(ADDRESS_RELEASED))):
             continue
         data = read_json(run.file("network.json"))
         if data:

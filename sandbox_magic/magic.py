@@ -66,6 +66,8 @@ class SandboxMagics(Magics):
         try:
             result = run_config(config, on_stdout=stdout and stdout.write,
                                 on_stderr=stderr and stderr.write)
+        except SandboxConfigError as exc:  # found against the host: address taken, not root
+            raise UsageError(str(exc)) from None
         finally:
             for writer in (stdout, stderr):
                 if writer:

@@ -333,16 +333,25 @@ def run_iptables_restore(batch: str) -> None:
 
 # ---------------------------------------------------------------- teardown
 
-def teardown(plan: NetworkPlan, state: str) -> None:
-    """Remove whatever of the plan exists; idempotent, never touches anything else."""
+def teardown(plan: NetworkPlan, state: str,
+             on_released: Callable[[], None] | None = None) -> None:
+    """Remove whatever of the plan exists; idempotent, never touches anything else.
+
+    The veth and namespace go first: once they are gone the address and subnet
+    are free again (`on_released` is told), while the slower NAT removal
+    (~25 ms with iptables-nft) still runs.
+    """
     if not plan.has_veth:
         return
     errors = []
-    for action in (remove_nat, release_forwarding_of, delete_veth, delete_namespace):
+    for action in (delete_veth, delete_namespace, on_released and (lambda p, s: on_released()),
+                   remove_nat, release_forwarding_of):
+        if action is None:
+            continue
         try:
             action(plan, state)
         except Exception as exc:  # keep going: later steps must still run
-            errors.append(f"{action.__name__}: {exc}")
+            errors.append(f"{getattr(action, '__name__', 'step')}: {exc}")
     if errors:
         raise SandboxError("network teardown incomplete: " + "; ".join(errors))
 

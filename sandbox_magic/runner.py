@@ -138,7 +138,8 @@ class RunFinisher:
 
     def finish(self) -> None:
         try:
-            network.teardown(self.network, self.state)
+            network.teardown(self.network, self.state,
+                             on_released=lambda: ledger.mark_address_released(self.run_dir))
             ledger.remove_run(self.run_dir)
         except Exception as exc:  # the ledger stays for `cleanup`
             print(f"sandbox-magic: {exc}; `sandbox-magic cleanup` will retry",

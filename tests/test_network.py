@@ -272,3 +272,23 @@ def test_network_cells_in_a_real_kernel(kernel):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_network_notebook_through_nbclient(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from sandbox_magic.notebooks import execute_notebook
+    cells = [
+        "%load_ext sandbox_magic",
+        "%%sandbox --ip 10.213.52.2 --hostname nbhost --result r\ncat /etc/hosts",
+        "%%sandbox --ip 10.213.52.2 --network host --out again\ncat /etc/hostname",
+        "assert r.ok and r.network.address == '10.213.52.2', r\n"
+        "assert 'nbhost' in r.stdout and again.strip() == r.config.hostname\n"
+        "import sandbox_magic; assert sandbox_magic.wait_for_teardowns()\nprint('checked')",
+    ]
+    notebook = new_notebook(cells=[new_code_cell(source) for source in cells])
+    path = tmp_path / "net.ipynb"
+    nbformat.write(notebook, path)
+    executed = execute_notebook(path)
+    assert executed.cells[-1].outputs[0]["text"] == "checked\n"

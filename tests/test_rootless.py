@@ -31,7 +31,16 @@ CHECK = textwrap.dedent("""
     shell.run_cell_magic("sandbox", "--runsc " + sys.argv[1] + " --result r --out o --no-raise-error",
                          "id -u; hostname; echo written > /tmp/x && cat /tmp/x; exit 3")
     r = shell.user_ns["r"]
+    from IPython.core.error import UsageError
+    try:
+        shell.run_cell_magic("sandbox", "--ip 10.213.70.2 --runsc " + sys.argv[1], "true")
+        ip_error = None
+    except UsageError as exc:
+        ip_error = str(exc)
+    shell.run_cell_magic("sandbox", "--network host --no-netns --out net --runsc " + sys.argv[1],
+                         "cat /proc/net/dev | wc -l")
     print(json.dumps({"out": r.stdout, "exit_code": r.exit_code, "signal": r.signal,
+                      "ip_error": ip_error, "host_net_lines": int(shell.user_ns["net"]),
                       "state": ledger.state_root(), "leftovers": ledger.leftovers(),
                       "euid": os.geteuid()}))
 """)
@@ -91,4 +100,7 @@ def test_cell_runs_rootless_as_a_normal_user(readable_install, normal_user, runs
     # su leaves XDG_RUNTIME_DIR unset: the private per-uid fallback is used.
     assert report["state"] == f"/tmp/sandbox-magic-{normal_user.pw_uid}"
     assert report["leftovers"] == []
+    # Networking with a namespace of its own needs root, and says so; the host's works.
+    assert "needs root" in report["ip_error"] and "--ip" in report["ip_error"]
+    assert report["host_net_lines"] > 3
     assert not os.path.exists("/tmp/x")
