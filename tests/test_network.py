@@ -292,3 +292,48 @@ def test_network_notebook_through_nbclient(tmp_path):
     nbformat.write(notebook, path)
     executed = execute_notebook(path)
     assert executed.cells[-1].outputs[0]["text"] == "checked\n"
+
+
+def start_owner(address: str) -> subprocess.Popen:
+    """Another process (as another kernel would be) running a network sandbox."""
+    code = OWNER.replace("10.213.40.2", address)
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert owner.stdout.readline() == "started\n"
+    return owner
+
+
+def test_same_address_from_another_process_and_its_interrupt():
+    owner = start_owner("10.213.43.2")
+    try:
+        with pytest.raises(SandboxConfigError, match="in use by another live sandbox"):
+            run("true", ip="10.213.43.2")
+        assert run("true", ip="10.213.44.2").ok          # another subnet runs side by side
+    finally:
+        owner.send_signal(signal.SIGINT)                   # Ctrl-C in that "kernel"
+        owner.wait(30)
+    assert "KeyboardInterrupt" in owner.stderr.read()
+    wait_for_teardowns()
+    assert ledger.leftovers() == []
+
+
+def test_loading_the_extension_cleans_up_dead_owners(ipython_shell, capsys):
+    owner = start_owner("10.213.45.2")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert ledger.leftovers()
+    import sandbox_magic
+    sandbox_magic.load_ipython_extension(ipython_shell)
+    assert "removed leftovers of dead kernels: run sbx-" in capsys.readouterr().out
+    assert ledger.leftovers() == []
+
+
+def test_percent_sandbox_cleanup(ipython_shell, capsys):
+    owner = start_owner("10.213.46.2")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    ipython_shell.run_line_magic("sandbox", "cleanup")
+    assert "removed: run sbx-" in capsys.readouterr().out
+    assert ledger.leftovers() == []
+    ipython_shell.run_line_magic("sandbox", "cleanup --all")
+    assert "nothing to clean up" in capsys.readouterr().out
