@@ -337,3 +337,32 @@ def test_percent_sandbox_cleanup(ipython_shell, capsys):
     assert ledger.leftovers() == []
     ipython_shell.run_line_magic("sandbox", "cleanup --all")
     assert "nothing to clean up" in capsys.readouterr().out
+
+
+def test_cleanup_all_removes_tagged_orphans_only():
+    """Resources tagged as ours whose run directory is gone (e.g. the state root was
+    wiped) go with `cleanup --all`; an untagged rule of the host stays."""
+    cid = "sbx-0rphan00"
+    plan = network.NetworkPlan(mode="sandbox", container_id=cid, address="10.213.47.2",
+                               prefix=24, peer="10.213.47.3", namespace=cid,
+                               veth_host="sbx0rphan00-h", veth_sandbox="sbx0rphan00-s",
+                               nat=True, nat_device="lo", hostname="x")
+    foreign = ["-t", "filter", "-A", "FORWARD", "-i", "sbx-not-ours", "-m", "comment",
+               "--comment", "somebody else", "-j", "ACCEPT"]
+    network.off_loop(lambda: os.close(network.create_namespace(plan)))
+    network.off_loop(lambda: network.with_iproute(lambda ipr: ipr.link(
+        "add", ifname=plan.veth_host, kind="veth", peer={"ifname": "sbx0rphan00-x"})))
+    network.run_iptables_restore(network.iptables_batch(network.nat_rules(plan), "-A"))
+    subprocess.run(["iptables", *foreign], check=True)
+    try:
+        found = ledger.leftovers()
+        assert f"netns {cid}" in found and "link sbx0rphan00-h" in found
+        assert ledger.cleanup() == []          # no run dir, no dead owner: not touched
+        removed = ledger.cleanup(everything=True)
+        assert f"netns {cid}" in removed and any("iptables" in item for item in removed)
+        assert ledger.leftovers() == []
+        assert "somebody else" in subprocess.run(["iptables-save"], capture_output=True,
+                                                 text=True).stdout
+    finally:
+        foreign[2] = "-D"
+        subprocess.run(["iptables", *foreign], capture_output=True)
