@@ -83,24 +83,32 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
             run_dir.file("runsc.log"), network=plan.mode,
             private_proc_sys_net=plan.mode == "sandbox"
             and binary.needs_proc_sys_net_workaround(os.uname().release))
-        stdout = StreamCollector(on_stdout)
-        stderr = StreamCollector(on_stderr)
         deadline = started + config.timeout if config.timeout else None
-        try:
-            timed_out = pump(process, {process.stdout: stdout, process.stderr: stderr},
-                             deadline, on_deadline=lambda: container.stop(grace=0))
-            wait_in_slices(process)
-        except KeyboardInterrupt:
-            with interrupts_deferred():
-                container.stop(grace=INTERRUPT_GRACE)
-                drain(process, {process.stdout: stdout, process.stderr: stderr})
-            raise
+        stdout, stderr, timed_out = follow(container, deadline, on_stdout, on_stderr)
         exit_code, signal_number = wait_status(binary, run_dir, process, stderr.text())
     return SandboxResult(
         exit_code=exit_code, signal=signal_number, stdout=stdout.text(), stderr=stderr.text(),
         timed_out=timed_out, duration=time.monotonic() - started, spec=spec, config=config,
         container_id=run_dir.container_id, runsc_version=binary.version,
         network=network_info(plan))
+
+
+def follow(container: Container, deadline: float | None, on_stdout: OutputCallback | None,
+           on_stderr: OutputCallback | None) -> tuple[StreamCollector, StreamCollector, bool]:
+    """Stream the sandbox's output until it ends; kill it at the deadline; on
+    SIGINT stop it (SIGINT inside, then SIGKILL), keep what it printed, re-raise."""
+    process = container.process
+    stdout, stderr = StreamCollector(on_stdout), StreamCollector(on_stderr)
+    streams = {process.stdout: stdout, process.stderr: stderr}
+    try:
+        timed_out = pump(process, streams, deadline, on_deadline=lambda: container.stop(grace=0))
+        wait_in_slices(process)
+    except KeyboardInterrupt:
+        with interrupts_deferred():
+            container.stop(grace=INTERRUPT_GRACE)
+            drain(process, streams)
+        raise
+    return stdout, stderr, timed_out
 
 
 class RunFinisher:
