@@ -366,3 +366,19 @@ def test_cleanup_all_removes_tagged_orphans_only():
     finally:
         foreign[2] = "-D"
         subprocess.run(["iptables", *foreign], capture_output=True)
+
+
+@pytest.mark.parametrize("ending", ["exit", "signal", "timeout", "interrupt"])
+def test_network_teardown_after_every_ending(ending):
+    script = {"exit": "exit 3", "signal": "kill -KILL $$", "timeout": "sleep 30",
+              "interrupt": "echo started; sleep 30"}[ending]
+    if ending == "interrupt":
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            run(script, ip="10.213.48.2")
+    else:
+        result = run(script, ip="10.213.48.2", timeout=1 if ending == "timeout" else None)
+        assert not result.ok
+    wait_for_teardowns()
+    assert ledger.leftovers() == []
