@@ -13,8 +13,16 @@ from .errors import SandboxConfigError, SandboxError, SandboxExitError
 from .result import SandboxResult
 from .runner import run, wait_for_teardowns
 
-__all__ = ["run", "SandboxConfig", "SandboxResult", "SandboxError", "SandboxConfigError",
+__all__ = ["run", "SandboxPanel", "wait_for_teardowns", "SandboxConfig", "SandboxResult", "SandboxError", "SandboxConfigError",
            "SandboxExitError", "make_config", "load_ipython_extension"]
+
+
+def __getattr__(name: str):
+    # The panel pulls in ipywidgets: import it only when asked for.
+    if name == "SandboxPanel":
+        from .panel import SandboxPanel
+        return SandboxPanel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython) -> None:

@@ -25,7 +25,7 @@ CONTAINER_PREFIX = "sbx-"
 STATE_ENV = "SANDBOX_MAGIC_STATE"  # overrides the state root (tests, odd set-ups)
 
 
-def state_root() -> str:
+def state_root(create: bool = True) -> str:
     """The per-user state root, created private (0700) if missing.
 
     root: /run/sandbox-magic; others: $XDG_RUNTIME_DIR/sandbox-magic, or, when
@@ -41,7 +41,8 @@ def state_root() -> str:
             path = os.path.join(xdg, "sandbox-magic")
         else:
             path = f"/tmp/sandbox-magic-{uid}"
-    ensure_private_dir(path)
+    if create:
+        ensure_private_dir(path)
     return path
 
 

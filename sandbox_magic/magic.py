@@ -81,15 +81,22 @@ class SandboxMagics(Magics):
 
     @line_magic("sandbox")
     def sandbox_line(self, line: str):
-        """%sandbox cleanup [--all]: remove what sandboxes of dead kernels left behind
+        """%sandbox panel: a form for every option, with previews, Run and Stop
+        (`p = %sandbox panel` keeps it in p; see SandboxPanel).
+        %sandbox cleanup [--all]: remove what sandboxes of dead kernels left behind
         (--all: every sandbox of ours, running or not). %%sandbox (two %) runs a cell."""
         words = shlex.split(line)
+        if words == ["panel"]:
+            from .panel import SandboxPanel
+            return SandboxPanel(root=self.root, hostname=self.hostname, timeout=self.timeout,
+                                env=list(self.env), env_all=self.env_all, runsc=self.runsc)
         if words[:1] == ["cleanup"] and set(words[1:]) <= {"--all"}:
             removed = cleanup(everything="--all" in words)
             print("removed: " + ", ".join(removed) if removed else "nothing to clean up")
-            return
-        raise UsageError("usage: %sandbox cleanup [--all]; to run a cell, write %%sandbox "
-                         "[options] on its first line and the script below (see %%sandbox?)")
+            return None
+        raise UsageError("usage: %sandbox panel | %sandbox cleanup [--all]; to run a cell, "
+                         "write %%sandbox [options] on its first line and the script below "
+                         "(see %%sandbox?)")
 
     def parse_line(self, line: str):
         # IPython's parse_argstring splits with posix=False and would keep the

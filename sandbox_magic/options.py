@@ -9,7 +9,14 @@ traitlets configuration.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import SandboxConfig
 
 
 @dataclass(frozen=True)
@@ -86,3 +93,45 @@ MAGIC_OUTPUT_OPTIONS = (
     Option(("--no-raise-error",), dict(action="store_true", default=False,
            help="Do not raise CalledProcessError when the script fails; show its status.")),
 )
+
+
+def magic_line(config: "SandboxConfig") -> str:
+    """The `%%sandbox ...` line that gives `config` (options left at their default
+    are left out; values are quoted so that the magic's shell-like split reads them back)."""
+    from .config import DEFAULT_PREFIX, default_peer
+    words = []
+
+    def add(flag, value=None):
+        words.append(flag if value is None else f"{flag} {shlex.quote(str(value))}")
+
+    if config.root != "/":
+        add("--root", config.root)
+    if config.cwd != os.getcwd():
+        add("--cwd", config.cwd)
+    for name, value in config.env:
+        add("-e", f"{name}={value}")
+    if config.env_all:
+        add("--env-all")
+    if config.hostname != socket.gethostname():
+        add("--hostname", config.hostname)
+    if config.timeout is not None:
+        add("--timeout", f"{config.timeout:g}")
+    if config.runsc:
+        add("--runsc", config.runsc)
+    if config.ip:
+        interface = config.address
+        prefix = "" if interface.network.prefixlen == DEFAULT_PREFIX else \
+            f"/{interface.network.prefixlen}"
+        add("--ip", f"{interface.ip}{prefix}")
+        if config.peer != str(default_peer(interface.ip)):
+            add("--peer", config.peer)
+        if config.network != "sandbox":
+            add("--network", config.network)
+        if not config.nat:
+            add("--no-nat")
+        for server in config.dns:
+            add("--dns", server)
+    elif config.network == "host":
+        add("--network", "host")
+        add("--no-netns")
+    return " ".join(["%%sandbox"] + words)

@@ -48,6 +48,7 @@ class SandboxResult:
     container_id: str = ""
     runsc_version: str = ""
     network: NetworkInfo | None = None
+    stopped: bool = False          # ended by a stop request (the panel's Stop button)
 
     @property
     def returncode(self) -> int:
@@ -55,7 +56,7 @@ class SandboxResult:
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.stopped
 
     @property
     def signal_name(self) -> str | None:
@@ -67,6 +68,10 @@ class SandboxResult:
             limit = f"{self.config.timeout:g} s" if self.config.timeout else "its limit"
             how = f", killed by {self.signal_name}" if self.signal is not None else ""
             return f"timed out after {limit}{how}"
+        if self.stopped:
+            how = (f"killed by signal {self.signal} ({self.signal_name})"
+                   if self.signal is not None else f"exit status {self.exit_code}")
+            return f"stopped ({how})"
         if self.signal is not None:
             return f"killed by signal {self.signal} ({self.signal_name})"
         return f"exited with status {self.exit_code}"

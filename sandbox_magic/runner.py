@@ -41,23 +41,27 @@ def run(script: str, *, root: str = "/", cwd: str | None = None,
         network: str | None = None, ip: str | None = None, peer: str | None = None,
         netns: bool = True, nat: bool = True, dns: Iterable[str] | None = None,
         on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None) -> SandboxResult:
+        on_stderr: OutputCallback | None = None,
+        stop: threading.Event | None = None) -> SandboxResult:
     """Run `script` in a fresh gVisor sandbox and return how it ended.
 
     Returns the result whatever the exit status (see SandboxResult.check()).
     Raises SandboxConfigError (a ValueError naming the option) for bad
     arguments, SandboxError when the sandbox itself cannot run, and
     KeyboardInterrupt, after removing the sandbox, when interrupted.
-    `on_stdout`/`on_stderr` receive decoded text as it arrives.
+    `on_stdout`/`on_stderr` receive decoded text as it arrives. Setting `stop`
+    (from another thread) stops the sandbox as an interrupt would, and the
+    result comes back with `stopped=True`.
     """
     config = make_config(script, root=root, cwd=cwd, env=env, env_all=env_all,
                          hostname=hostname, timeout=timeout, runsc=runsc, network=network,
                          ip=ip, peer=peer, netns=netns, nat=nat, dns=dns)
-    return run_config(config, on_stdout=on_stdout, on_stderr=on_stderr)
+    return run_config(config, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop)
 
 
 def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None,
-               on_stderr: OutputCallback | None = None) -> SandboxResult:
+               on_stderr: OutputCallback | None = None,
+               stop: threading.Event | None = None) -> SandboxResult:
     binary = locate(config.runsc)
     environment = sandbox_environment(os.environ, config.env, config.env_all)
     rootless = os.geteuid() != 0
@@ -71,10 +75,8 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
                                lambda: ledger.live_network_plans(state, run_dir.container_id))
         finish.network = plan
         network.apply(plan, state)
-        spec = build_spec(config, environment=environment, script_source=run_dir.file("cell"),
-                          capabilities=binary.capabilities,
-                          network_namespace=plan.namespace_path,
-                          etc_files=write_etc_files(run_dir, plan))
+        write_etc_files(run_dir, plan)
+        spec = spec_for(config, binary, environment, run_dir.path, plan)
         write_bundle(run_dir, config.script, spec)
         container = Container(binary, state_dir=ledger.runsc_root(state), bundle=run_dir.path,
                               container_id=run_dir.container_id, rootless=rootless)
@@ -84,31 +86,35 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
             private_proc_sys_net=plan.mode == "sandbox"
             and binary.needs_proc_sys_net_workaround(os.uname().release))
         deadline = started + config.timeout if config.timeout else None
-        stdout, stderr, timed_out = follow(container, deadline, on_stdout, on_stderr)
+        stdout, stderr, timed_out, stopped = follow(container, deadline, stop, on_stdout,
+                                                    on_stderr)
         exit_code, signal_number = wait_status(binary, run_dir, process, stderr.text())
     return SandboxResult(
         exit_code=exit_code, signal=signal_number, stdout=stdout.text(), stderr=stderr.text(),
-        timed_out=timed_out, duration=time.monotonic() - started, spec=spec, config=config,
-        container_id=run_dir.container_id, runsc_version=binary.version,
+        timed_out=timed_out, stopped=stopped, duration=time.monotonic() - started, spec=spec,
+        config=config, container_id=run_dir.container_id, runsc_version=binary.version,
         network=network_info(plan))
 
 
-def follow(container: Container, deadline: float | None, on_stdout: OutputCallback | None,
-           on_stderr: OutputCallback | None) -> tuple[StreamCollector, StreamCollector, bool]:
-    """Stream the sandbox's output until it ends; kill it at the deadline; on
-    SIGINT stop it (SIGINT inside, then SIGKILL), keep what it printed, re-raise."""
+def follow(container: Container, deadline: float | None, stop: threading.Event | None,
+           on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
+           ) -> tuple[StreamCollector, StreamCollector, bool, bool]:
+    """Stream the sandbox's output until it ends. At the deadline kill it; when
+    `stop` is set, or on SIGINT, stop it (SIGINT inside, then SIGKILL). A SIGINT
+    is re-raised once the sandbox is gone and its last output collected.
+    Returns (stdout, stderr, timed_out, stopped)."""
     process = container.process
     stdout, stderr = StreamCollector(on_stdout), StreamCollector(on_stderr)
     streams = {process.stdout: stdout, process.stderr: stderr}
     try:
-        timed_out = pump(process, streams, deadline, on_deadline=lambda: container.stop(grace=0))
+        timed_out, stopped = pump(process, streams, deadline, stop, container.stop)
         wait_in_slices(process)
     except KeyboardInterrupt:
         with interrupts_deferred():
             container.stop(grace=INTERRUPT_GRACE)
             drain(process, streams)
         raise
-    return stdout, stderr, timed_out
+    return stdout, stderr, timed_out, stopped
 
 
 class RunFinisher:
@@ -179,17 +185,38 @@ def check_privileges(config: SandboxConfig, rootless: bool) -> None:
                                  "(the host's network), or no network")
 
 
-def write_etc_files(run_dir: ledger.RunDir, plan: network.NetworkPlan) -> dict[str, str]:
-    """The sandbox's /etc/hosts, hostname and resolv.conf as files in the run dir."""
-    if not plan.has_veth:
-        return {}
-    sources = {}
-    for destination, text in network.etc_files(plan).items():
-        source = run_dir.file("etc-" + os.path.basename(destination))
-        with open(source, "w") as fh:
+def spec_for(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str],
+             run_path: str, plan: network.NetworkPlan) -> dict:
+    return build_spec(config, environment=environment,
+                      script_source=os.path.join(run_path, "cell"),
+                      capabilities=binary.capabilities, network_namespace=plan.namespace_path,
+                      etc_files=etc_sources(run_path, plan))
+
+
+def preview_spec(config: SandboxConfig) -> dict:
+    """The spec a run of `config` would use, with `sbx-XXXXXXXX` for the run's id.
+    Creates nothing (the panel calls it as the user types)."""
+    binary = locate(config.runsc)
+    placeholder = ledger.CONTAINER_PREFIX + "X" * 8
+    plan = network.plan_network(config, placeholder, default_device=None,
+                                host_nameservers=network.host_nameservers())
+    run_path = os.path.join(ledger.runs_dir(ledger.state_root(create=False)), placeholder)
+    environment = sandbox_environment(os.environ, config.env, config.env_all)
+    return spec_for(config, binary, environment, run_path, plan)
+
+
+def etc_sources(run_path: str, plan: network.NetworkPlan) -> dict[str, str]:
+    """Where the run keeps the files bind-mounted over the sandbox's /etc ones."""
+    return {destination: os.path.join(run_path, "etc-" + os.path.basename(destination))
+            for destination in network.etc_files(plan)} if plan.has_veth else {}
+
+
+def write_etc_files(run_dir: ledger.RunDir, plan: network.NetworkPlan) -> None:
+    """The sandbox's /etc/hosts, hostname and resolv.conf, as files in the run dir."""
+    sources = etc_sources(run_dir.path, plan)
+    for destination, text in network.etc_files(plan).items() if plan.has_veth else ():
+        with open(sources[destination], "w") as fh:
             fh.write(text)
-        sources[destination] = source
-    return sources
 
 
 def network_info(plan: network.NetworkPlan) -> NetworkInfo:
@@ -231,13 +258,11 @@ class StreamCollector:
 
 
 def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
-         on_deadline: Callable[[], None]) -> bool:
-    """Forward output until both pipes close; call on_deadline once if the deadline passes.
-
-    Blocks at most POLL_SECONDS at a time so that a SIGINT is seen promptly.
-    Returns whether the deadline passed.
-    """
-    timed_out = False
+         stop: threading.Event | None, stop_sandbox: Callable[[float], None]) -> tuple[bool, bool]:
+    """Forward output until both pipes close. Past the deadline, kill the sandbox
+    at once; when `stop` is set, stop it gracefully. Blocks at most POLL_SECONDS
+    at a time so that a SIGINT is seen promptly. Returns (timed_out, stopped)."""
+    timed_out = stopped = False
     exited_at = None
     with selectors.DefaultSelector() as selector:
         for pipe in streams:
@@ -250,16 +275,20 @@ def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
                 if time.monotonic() - exited_at > ORPHAN_GRACE:
                     break
             wait = POLL_SECONDS
-            if deadline is not None and not timed_out:
+            if stop is not None and stop.is_set() and not (stopped or timed_out):
+                stopped = True
+                stop_sandbox(INTERRUPT_GRACE)
+                continue
+            if deadline is not None and not (timed_out or stopped):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     timed_out = True
-                    on_deadline()
+                    stop_sandbox(0)
                     continue
                 wait = min(wait, remaining)
             for key, _ in selector.select(wait):
                 read_into(selector, key)
-    return timed_out
+    return timed_out, stopped
 
 
 def read_into(selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:

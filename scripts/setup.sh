@@ -4,8 +4,10 @@
 #     the sandbox, see ../shared/DESIGN.md §3) and iptables, via apt;
 #   - a virtualenv in .venv made from Debian's /usr/bin/python3 (readable by
 #     every user, which the non-root tests need), with the package installed;
-#   - with --test: the test extras and a cached copy of the stock 0.0~20221219.0
-#     runsc, so that the integration tests run against both Debian builds.
+#   - with --test: the test extras (pytest, JupyterLab, Playwright), Debian's
+#     chromium for the browser tests (Playwright drives it; no browser download),
+#     and a cached copy of the stock 0.0~20221219.0 runsc, so that the integration
+#     tests run against both Debian builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_TEST=0
@@ -53,6 +55,7 @@ install_system_packages() {
     runsc_is_good || missing+=(runsc)
     command -v iptables >/dev/null || missing+=(iptables)
     /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    [[ $WITH_TEST -eq 1 && ! -x /usr/bin/chromium ]] && missing+=(chromium)
     [[ ${#missing[@]} -eq 0 ]] && return
     need_root
     export DEBIAN_FRONTEND=noninteractive
