@@ -1,7 +1,10 @@
 """The `sandbox-magic` command: the same run() as the magic, from a shell.
 
+    sandbox-magic doctor
     sandbox-magic run [options] (SCRIPT_FILE | -c SCRIPT)
     sandbox-magic cleanup [--all]
+    sandbox-magic execute NOTEBOOK [-o OUT]
+    sandbox-magic verify NOTEBOOK [--status-only]
     sandbox-magic demo [--output DIR]
 """
 
@@ -53,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--all", action="store_true", dest="everything")
     clean.set_defaults(handler=command_cleanup)
 
+    doctor = commands.add_parser("doctor", help="check that a sandboxed cell can run here",
+                                 description="Check runsc, its version and platform, the "
+                                             "netstack work-around, root or rootless, iptables "
+                                             "and the kernel; exit 0 only when a cell can run.")
+    doctor.set_defaults(handler=command_doctor)
+
+    execute = commands.add_parser("execute", help="execute a notebook in a real kernel and "
+                                                  "save it with its outputs and run records")
+    execute.add_argument("notebook", metavar="NOTEBOOK")
+    execute.add_argument("-o", "--output", metavar="OUT",
+                         help="where to save the executed notebook (default: in place)")
+    execute.add_argument("--timeout", type=int, default=300, help="seconds per cell")
+    execute.set_defaults(handler=command_execute)
+
+    verify = commands.add_parser("verify", help="re-run a notebook's recorded sandbox runs "
+                                                "and compare")
+    verify.add_argument("notebook", metavar="NOTEBOOK")
+    verify.add_argument("--status-only", action="store_true",
+                        help="compare exit statuses only, not the output digests")
+    verify.set_defaults(handler=command_verify)
+
     demo = commands.add_parser("demo", help="execute notebooks/quickstart.ipynb in a real "
                                             "kernel and print its cells and outputs")
     demo.add_argument("--notebook", default=str(REPO_NOTEBOOKS / "quickstart.ipynb"))
@@ -70,6 +94,48 @@ def command_run(args: argparse.Namespace) -> int:
     if result.timed_out:
         print(f"sandbox-magic: {result.status_text()}", file=sys.stderr)
     return 128 + result.signal if result.signal is not None else result.exit_code
+
+
+def command_doctor(args: argparse.Namespace) -> int:
+    from .doctor import checks
+    able = True
+    for check in checks():
+        print(check.line())
+        able = able and check.ok is not False
+    print("ready: a sandboxed cell can run" if able else "NOT ready: see the lines above")
+    return 0 if able else 1
+
+
+def command_execute(args: argparse.Namespace) -> int:
+    from .notebooks import execute_notebook
+    source = existing_notebook(args.notebook)
+    output = Path(args.output) if args.output else source
+    execute_notebook(source, output, timeout=args.timeout)
+    print(f"executed {source} -> {output}")
+    return 0
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    from .verify import table, verify_notebook
+    source = existing_notebook(args.notebook)
+    verdicts = verify_notebook(str(source), status_only=args.status_only)
+    if not verdicts:
+        print(f"{source}: no sandbox run records (execute it first: "
+              f"sandbox-magic execute {source})")
+        return 1
+    print(table(verdicts))
+    failed = [v for v in verdicts if not v.ok]
+    print(f"{len(verdicts) - len(failed)} of {len(verdicts)} runs "
+          + ("reproduced" if not failed else
+             f"reproduced; differing: cell {', '.join(str(v.cell) for v in failed)}"))
+    return 0 if not failed else 1
+
+
+def existing_notebook(path: str) -> Path:
+    notebook = Path(path)
+    if not notebook.is_file():
+        raise SandboxConfigError("notebook", f"{path} not found", "give the path of a .ipynb file")
+    return notebook
 
 
 def command_cleanup(args: argparse.Namespace) -> int:
@@ -97,7 +163,7 @@ def write_to(stream):
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from .notebooks import execute_notebook, summarize
+    from .notebooks import execute_notebook, export_html, summarize
     notebook = Path(args.notebook)
     if not notebook.is_file():
         raise SandboxConfigError("notebook", f"{notebook} not found",
@@ -107,8 +173,9 @@ def command_demo(args: argparse.Namespace) -> int:
     executed_path = output_dir / notebook.name.replace(".ipynb", ".executed.ipynb")
     print(f"executing {notebook} in a real kernel...", flush=True)
     executed = execute_notebook(notebook, executed_path)
+    html_path = export_html(executed, executed_path.with_suffix(".html"))
     print(summarize(executed))
-    print(f"\nexecuted notebook: {executed_path}")
+    print(f"\nexecuted notebook: {executed_path}\nHTML export:       {html_path}")
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 from IPython.core.error import UsageError
+from IPython.display import display
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, List, Unicode
@@ -15,6 +16,7 @@ from .config import make_config
 from .ledger import cleanup
 from .errors import SandboxConfigError, SandboxExitError
 from .options import MAGIC_OUTPUT_OPTIONS, RUN_OPTIONS, run_kwargs
+from .records import RunRecord
 from .runner import run_config
 
 FLUSH_INTERVAL = 0.05  # seconds between flushes of live output
@@ -42,6 +44,8 @@ class SandboxMagics(Magics):
     runsc = Unicode(None, allow_none=True, help="Path of runsc (default: runsc on PATH).").tag(config=True)
     raise_error = Bool(True, help="Raise CalledProcessError when a script fails "
                                   "(False: as if every cell had --no-raise-error).").tag(config=True)
+    record = Bool(True, help="Leave a run record (application/vnd.sandbox-magic.run+json) "
+                             "in the cell's outputs, for `sandbox-magic verify`.").tag(config=True)
 
     @magic_arguments()
     @with_options(*RUN_OPTIONS, *MAGIC_OUTPUT_OPTIONS)
@@ -73,6 +77,8 @@ class SandboxMagics(Magics):
                 if writer:
                     writer.flush()
         self.store(args, result)
+        if self.record:
+            display(RunRecord(result))
         if not result.ok:
             if args.no_raise_error or not self.raise_error:
                 print(f"sandbox {result.status_text()}", file=sys.stderr)

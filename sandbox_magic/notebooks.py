@@ -24,11 +24,14 @@ def execute_notebook(path: Path, output: Path | None = None,
 
 
 def output_text(output: nbformat.NotebookNode) -> str:
+    from .records import MIME
     if output.output_type == "stream":
         return output.text
     if output.output_type == "error":
         return f"{output.ename}: {output.evalue}\n"
     data = output.get("data", {})
+    if MIME in data:
+        return "⟨record⟩ " + data.get("text/plain", "") + "\n"
     return data.get("text/plain", "") + ("\n" if data.get("text/plain") else "")
 
 
@@ -47,3 +50,11 @@ def summarize(notebook: nbformat.NotebookNode) -> str:
             lines.append("  ┄┄ output ┄┄")
             lines += [f"  {line}" for line in text.rstrip("\n").splitlines()]
     return "\n".join(lines)
+
+
+def export_html(notebook: nbformat.NotebookNode, path: Path) -> Path:
+    """An HTML export of an executed notebook (nbconvert)."""
+    from nbconvert import HTMLExporter
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    Path(path).write_text(body, encoding="utf-8")
+    return Path(path)

@@ -15,10 +15,12 @@ import json
 import threading
 
 import ipywidgets as widgets
+from IPython.display import display
 
 from .config import DEFAULT_PREFIX, SandboxConfig, make_config
 from .errors import SandboxConfigError, SandboxError
 from .options import magic_line
+from .records import RunRecord
 from .result import SandboxResult
 from .runner import preview_spec, run_config
 
@@ -74,6 +76,7 @@ class SandboxPanel(widgets.VBox):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._updating = False
+        self._record_display = None
         self._build_widgets(script)
         super().__init__(self._layout(), layout=widgets.Layout(width="100%"))
         self.add_class("sandbox-magic-panel")
@@ -297,8 +300,21 @@ class SandboxPanel(widgets.VBox):
             self.result = result
             style = "ok" if result.ok else "fail"
             self._set_status(style, f"{result.status_text()} in {result.duration:.2f} s")
+            self._record(result)
         finally:
             self._worker_done()
+
+    def _record(self, result: SandboxResult) -> None:
+        """The run record: in the panel's output, and in the panel's own cell (a
+        display that each run updates, so the saved .ipynb keeps the last run's)."""
+        record = RunRecord(result)
+        self.output.append_display_data(record)
+        if self._record_display is not None:
+            self._record_display.update(record)
+
+    def _ipython_display_(self) -> None:
+        display(self._repr_mimebundle_(), raw=True)
+        self._record_display = display(display_id=True)
 
     def _worker_done(self) -> None:
         self.run_button.disabled = self.config is None

@@ -49,6 +49,8 @@ class SandboxResult:
     runsc_version: str = ""
     network: NetworkInfo | None = None
     stopped: bool = False          # ended by a stop request (the panel's Stop button)
+    started: str = ""              # UTC, ISO 8601
+    platform: str = ""             # runsc's platform (systrap, ptrace)
 
     @property
     def returncode(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import datetime
 import json
 import os
 import selectors
@@ -68,6 +69,7 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
     check_privileges(config, rootless)
     state = ledger.state_root()
     started = time.monotonic()
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
     with contextlib.ExitStack() as stack:
         run_dir = ledger.create_run(state, binary.path, rootless)
         finish = stack.enter_context(RunFinisher(run_dir, state))
@@ -93,7 +95,7 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
         exit_code=exit_code, signal=signal_number, stdout=stdout.text(), stderr=stderr.text(),
         timed_out=timed_out, stopped=stopped, duration=time.monotonic() - started, spec=spec,
         config=config, container_id=run_dir.container_id, runsc_version=binary.version,
-        network=network_info(plan))
+        network=network_info(plan), started=started_at, platform=binary.platform)
 
 
 def follow(container: Container, deadline: float | None, stop: threading.Event | None,

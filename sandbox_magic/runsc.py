@@ -22,6 +22,7 @@ from .spec import CAPABILITIES_38, CAPABILITIES_41
 INSTALL_HINT = ("install it with `apt-get install -t bookworm-backports runsc` (Debian 12) "
                 "or from https://gvisor.dev/docs/user_guide/install/, or pass --runsc PATH")
 VERSION_DATE = re.compile(r"(\d{8})\.\d+")
+PLATFORM_DEFAULT = re.compile(r"-platform string\n.*\(default \"(\w+)\"\)")
 FLAG_NAME = re.compile(r"^\s+-{1,2}([a-z0-9][a-z0-9_-]*)", re.MULTILINE)
 # First build that accepts CAP_PERFMON, CAP_BPF and CAP_CHECKPOINT_RESTORE (gVisor #8529).
 NEW_CAPABILITIES_SINCE = 20230301
@@ -42,6 +43,7 @@ class Runsc:
     version: str
     date: int | None
     flags: frozenset[str]
+    platform: str = "unknown"     # the default platform (we leave it alone)
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -115,9 +117,11 @@ def probe(path: str, mtime_ns: int, size: int) -> Runsc:
     version = match.group(1)
     date = VERSION_DATE.search(version)
     # The 2022 build prints its flag list on stderr, later ones on stdout.
-    flags = frozenset(FLAG_NAME.findall(run_probe([path, "flags"])))
+    flags_text = run_probe([path, "flags"])
+    platform = PLATFORM_DEFAULT.search(flags_text)
     return Runsc(path=path, version=version, date=int(date.group(1)) if date else None,
-                 flags=flags)
+                 flags=frozenset(FLAG_NAME.findall(flags_text)),
+                 platform=platform.group(1) if platform else "unknown")
 
 
 def run_probe(cmd: list[str]) -> str:
