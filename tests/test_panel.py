@@ -75,9 +75,10 @@ def test_run_gives_result_output_and_status():
     assert not panel.start()
     result = panel.wait(60)
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
-    assert panel.output.outputs == (
+    assert panel.output.outputs[:2] == (
         {"output_type": "stream", "name": "stdout", "text": "out\n"},
         {"output_type": "stream", "name": "stderr", "text": "err\n"})
+    assert panel.output.outputs[2]["output_type"] == "display_data"   # the run record
     assert "exited with status 3" in panel.status.value
     assert not panel.run_button.disabled and panel.stop_button.disabled
 
