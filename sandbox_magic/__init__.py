@@ -12,8 +12,9 @@ from .config import SandboxConfig, make_config
 from .errors import SandboxConfigError, SandboxError, SandboxExitError
 from .result import SandboxResult
 from .runner import run, wait_for_teardowns
+from .session import Session
 
-__all__ = ["run", "SandboxPanel", "wait_for_teardowns", "SandboxConfig", "SandboxResult", "SandboxError", "SandboxConfigError",
+__all__ = ["run", "Session", "SandboxPanel", "wait_for_teardowns", "SandboxConfig", "SandboxResult", "SandboxError", "SandboxConfigError",
            "SandboxExitError", "make_config", "load_ipython_extension"]
 
 
@@ -35,6 +36,8 @@ def load_ipython_extension(ipython) -> None:
     else:
         if removed:
             print(f"sandbox_magic: removed leftovers of dead kernels: {', '.join(removed)}")
+    if "SandboxMagics" in ipython.magics_manager.registry:
+        return   # loaded already (the cleanup above still ran)
     magics = SandboxMagics(shell=ipython)
     ipython.register_magics(magics)
     # Listed among the shell's configurables, the defaults answer to %config.

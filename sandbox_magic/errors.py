@@ -42,8 +42,9 @@ class SandboxExitError(subprocess.CalledProcessError):
     """The script exited nonzero or was killed by a signal (as `%%bash` raises)."""
 
     def __init__(self, result: "SandboxResult") -> None:
+        # As %%bash: the output rides along, unless it is too large to hold in memory.
         super().__init__(result.returncode, result.config.script,
-                         output=result.stdout, stderr=result.stderr)
+                         output=result.stdout_output.cached, stderr=result.stderr_output.cached)
         self.result = result
 
     def __str__(self) -> str:

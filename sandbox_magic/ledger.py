@@ -224,8 +224,25 @@ def leftovers(state: str | None = None) -> list[str]:
               for name in container_state_entries(state)]
     found += [f"process {pid} ({command_of(pid)})" for pid in processes_of(runsc_root(state))]
     found += [f"cgroup {path}" for path in container_cgroups()]
+    found += [f"output files {path}" for path in dead_output_dirs(state)]
     found += network_leftovers(state)
     return found
+
+
+def dead_output_dirs(state: str) -> list[str]:
+    """Output files of results whose process is gone (a live process removes its own
+    when the result is garbage-collected, or at exit)."""
+    base = os.path.join(state, "outputs")
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    dead = []
+    for name in names:
+        owner = read_json(os.path.join(base, name, "owner.json"))
+        if not owner_alive(owner):
+            dead.append(os.path.join(base, name))
+    return dead
 
 
 def network_leftovers(state: str) -> list[str]:
@@ -267,6 +284,9 @@ def cleanup(state: str | None = None, everything: bool = False) -> list[str]:
         owner = read_owner(run)
         if everything or not owner_alive(owner):
             removed += cleanup_run(run, owner or {}, state)
+    for path in dead_output_dirs(state):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(f"output files {path}")
     if everything:
         removed += remove_orphans(state)
     return removed

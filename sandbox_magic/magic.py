@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 
 from IPython.core.error import UsageError
 from IPython.display import display
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Float, List, Unicode
+from traitlets import Bool, Float, Int, List, Unicode
 
-from .config import make_config
+from . import session as sessions
+from .config import check_timeout, make_config
 from .ledger import cleanup
 from .errors import SandboxConfigError, SandboxExitError
 from .options import MAGIC_OUTPUT_OPTIONS, RUN_OPTIONS, run_kwargs
 from .records import RunRecord
 from .runner import run_config
+from .streams import BoundedWriter
 
-FLUSH_INTERVAL = 0.05  # seconds between flushes of live output
 
 
 def with_options(*options):
@@ -29,6 +29,18 @@ def with_options(*options):
             func = argument(*option.flags, **option.kwargs)(func)
         return func
     return decorate
+
+
+# What a --session cell may say: the rest was fixed by %sandbox start.
+SESSION_CELL_OPTIONS = {"session", "timeout", "out", "err", "result", "no_raise_error"}
+
+
+def listing() -> str:
+    from .standby import STANDBYS
+    lines = [f"session {name}: {s.container_id}, {s.cells} cells run"
+             for name, s in sorted(sessions.SESSIONS.items())]
+    lines.append(f"standby sandboxes: {STANDBYS.count()}")
+    return "\n".join(lines)
 
 
 @magics_class
@@ -44,6 +56,11 @@ class SandboxMagics(Magics):
     runsc = Unicode(None, allow_none=True, help="Path of runsc (default: runsc on PATH).").tag(config=True)
     raise_error = Bool(True, help="Raise CalledProcessError when a script fails "
                                   "(False: as if every cell had --no-raise-error).").tag(config=True)
+    output_limit = Int(200_000, help="Characters of each stream shown in the notebook: the "
+                                     "first and the last half; the whole text is in "
+                                     "result.stdout_path / stderr_path.").tag(config=True)
+    standby = Bool(True, help="Keep a sandbox booted for the configuration of the last "
+                              "fresh cell, so that the next such cell starts at once.").tag(config=True)
     record = Bool(True, help="Leave a run record (application/vnd.sandbox-magic.run+json) "
                              "in the cell's outputs, for `sandbox-magic verify`.").tag(config=True)
 
@@ -59,23 +76,17 @@ class SandboxMagics(Magics):
         raises CalledProcessError unless --no-raise-error.
         """
         args = self.parse_line(line)
-        defaults = dict(root=self.root, env=self.env, env_all=self.env_all,
-                        hostname=self.hostname, timeout=self.timeout, runsc=self.runsc)
+        runner = self.session_runner(args, cell) if args.session else self.fresh_runner(args, cell)
+        stdout = None if args.out else self.writer(sys.stdout, "stdout")
+        stderr = None if args.err else self.writer(sys.stderr, "stderr")
         try:
-            config = make_config(cell, **run_kwargs(args, defaults))
-        except SandboxConfigError as exc:
-            raise UsageError(str(exc)) from None
-        stdout = None if args.out else LiveWriter(sys.stdout)
-        stderr = None if args.err else LiveWriter(sys.stderr)
-        try:
-            result = run_config(config, on_stdout=stdout and stdout.write,
-                                on_stderr=stderr and stderr.write)
+            result = runner(on_stdout=stdout and stdout.write, on_stderr=stderr and stderr.write)
         except SandboxConfigError as exc:  # found against the host: address taken, not root
             raise UsageError(str(exc)) from None
         finally:
             for writer in (stdout, stderr):
                 if writer:
-                    writer.flush()
+                    writer.close()
         self.store(args, result)
         if self.record:
             display(RunRecord(result))
@@ -92,17 +103,42 @@ class SandboxMagics(Magics):
         %sandbox cleanup [--all]: remove what sandboxes of dead kernels left behind
         (--all: every sandbox of ours, running or not). %%sandbox (two %) runs a cell."""
         words = shlex.split(line)
-        if words == ["panel"]:
+        command, rest = (words[0], words[1:]) if words else ("", [])
+        if command == "panel" and not rest:
             from .panel import SandboxPanel
             return SandboxPanel(root=self.root, hostname=self.hostname, timeout=self.timeout,
                                 env=list(self.env), env_all=self.env_all, runsc=self.runsc)
-        if words[:1] == ["cleanup"] and set(words[1:]) <= {"--all"}:
-            removed = cleanup(everything="--all" in words)
+        if command == "cleanup" and set(rest) <= {"--all"}:
+            removed = cleanup(everything="--all" in rest)
             print("removed: " + ", ".join(removed) if removed else "nothing to clean up")
             return None
-        raise UsageError("usage: %sandbox panel | %sandbox cleanup [--all]; to run a cell, "
-                         "write %%sandbox [options] on its first line and the script below "
-                         "(see %%sandbox?)")
+        if command == "start" and rest:
+            return self.start_session(rest[0], rest[1:])
+        if command == "stop" and len(rest) == 1:
+            try:
+                sessions.get(rest[0]).close()
+            except SandboxConfigError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"session {rest[0]} stopped")
+            return None
+        if command == "list" and not rest:
+            print(listing())
+            return None
+        raise UsageError("usage: %sandbox start NAME [options] | stop NAME | list | panel | "
+                         "cleanup [--all]; to run a cell, write %%sandbox [options] on its "
+                         "first line and the script below (see %%sandbox?)")
+
+    def start_session(self, name: str, words: list[str]):
+        args = self.sandbox_cell.parser.parse_args(words)
+        options = run_kwargs(args, self.defaults())
+        options.pop("timeout")
+        try:
+            session = sessions.Session(name, **options)
+        except SandboxConfigError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"session {name} started ({session.container_id}); run cells in it with "
+              f"%%sandbox --session {name}")
+        return None
 
     def parse_line(self, line: str):
         # IPython's parse_argstring splits with posix=False and would keep the
@@ -119,26 +155,41 @@ class SandboxMagics(Magics):
                                  f"give a name such as --{name} {name}_text")
         return args
 
+    def defaults(self) -> dict:
+        return dict(root=self.root, env=self.env, env_all=self.env_all, hostname=self.hostname,
+                    timeout=self.timeout, runsc=self.runsc)
+
+    def fresh_runner(self, args, cell: str):
+        try:
+            config = make_config(cell, **run_kwargs(args, self.defaults()))
+        except SandboxConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return lambda **streams: run_config(config, standby=self.standby, **streams)
+
+    def session_runner(self, args, cell: str):
+        given = [word for word in vars(args) if word not in SESSION_CELL_OPTIONS
+                 and getattr(args, word) not in (None, False, [])]
+        if given:
+            raise UsageError(f"--session {args.session}: the sandbox's options were set by "
+                             f"%sandbox start; here only --timeout and the output options "
+                             f"(not --{given[0].replace('_', '-')})")
+        try:
+            session = sessions.get(args.session)
+            timeout = check_timeout(args.timeout if args.timeout is not None else self.timeout)
+        except SandboxConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return lambda **streams: session.run(cell, timeout=timeout, **streams)
+
+    def writer(self, stream, name: str) -> BoundedWriter:
+        where = f"; all of it is in result.{name} and result.{name}_path (see --result)"
+        return BoundedWriter(stream.write, stream.flush, limit=self.output_limit, where=where)
+
     def store(self, args, result) -> None:
-        for name, value in (("out", result.stdout), ("err", result.stderr), ("result", result)):
+        # Read a stream (maybe hundreds of MB, from its file) only when asked for.
+        for name, value in (("out", lambda: result.stdout), ("err", lambda: result.stderr),
+                            ("result", lambda: result)):
             variable = getattr(args, name)
             if variable:
-                self.shell.user_ns[variable] = value
+                self.shell.user_ns[variable] = value()
 
 
-class LiveWriter:
-    """Writes output as it comes, flushing often enough to look live, not per byte."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.last_flush = 0.0
-
-    def write(self, text: str) -> None:
-        self.stream.write(text)
-        now = time.monotonic()
-        if now - self.last_flush >= FLUSH_INTERVAL:
-            self.stream.flush()
-            self.last_flush = now
-
-    def flush(self) -> None:
-        self.stream.flush()

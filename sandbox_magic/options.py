@@ -92,6 +92,9 @@ MAGIC_OUTPUT_OPTIONS = (
            help="Store the SandboxResult (exit_code, signal, stdout, stderr, spec, ...) in VAR.")),
     Option(("--no-raise-error",), dict(action="store_true", default=False,
            help="Do not raise CalledProcessError when the script fails; show its status.")),
+    Option(("--session",), dict(metavar="NAME", default=None,
+           help="Run the cell in the session NAME (see %%sandbox start): files stay from "
+                "cell to cell. Only --timeout and the output options go with it.")),
 )
 
 

@@ -23,6 +23,7 @@ from .options import magic_line
 from .records import RunRecord
 from .result import SandboxResult
 from .runner import preview_spec, run_config
+from .streams import BoundedWriter
 
 # The form's fields, in the order they appear, by run() keyword.
 TEXT_FIELDS = ("root", "cwd", "hostname", "timeout", "runsc", "ip", "peer", "dns")
@@ -37,6 +38,7 @@ LABELS = {
     "env": "Environment", "env_all": "All env", "network": "Network", "prefix": "Prefix",
     "nat": "NAT", "netns": "Own netns",
 }
+OUTPUT_LIMIT = 100_000   # characters of each stream shown in the panel
 STATUS_STYLE = {"ok": "color:#1a7f37", "fail": "color:#cf222e", "info": "color:#57606a"}
 
 
@@ -289,9 +291,16 @@ class SandboxPanel(widgets.VBox):
         return True
 
     def _run(self, config: SandboxConfig) -> None:
+        # Bounded as in the magic; the whole streams are in result.stdout / stderr.
+        stdout = BoundedWriter(self.output.append_stdout, limit=OUTPUT_LIMIT,
+                               where="; all of it is in panel.result.stdout")
+        stderr = BoundedWriter(self.output.append_stderr, limit=OUTPUT_LIMIT,
+                               where="; all of it is in panel.result.stderr")
         try:
-            result = run_config(config, on_stdout=self.output.append_stdout,
-                                on_stderr=self.output.append_stderr, stop=self._stop)
+            result = run_config(config, on_stdout=stdout.write, on_stderr=stderr.write,
+                                stop=self._stop)
+            stdout.close()
+            stderr.close()
         except (SandboxError, OSError) as exc:
             self._set_status("fail", f"error: {exc}")
         except Exception as exc:  # shown in the panel; a worker thread has nowhere else

@@ -42,14 +42,14 @@ def record_of(result: SandboxResult) -> dict:
         "timed_out": result.timed_out,
         "stopped": result.stopped,
         "container_id": result.container_id,
+        "session": result.session,
         "network": dataclasses.asdict(result.network) if result.network else None,
     }
     for name in ("stdout", "stderr"):
-        text = getattr(result, name)
-        size = len(text.encode("utf-8", errors="surrogateescape"))
-        record[f"{name}_sha256"] = sha256(text)
-        record[f"{name}_bytes"] = size
-        record[name] = text if size <= STREAM_TEXT_LIMIT else None
+        output = getattr(result, f"{name}_output")
+        record[f"{name}_sha256"] = output.sha256
+        record[f"{name}_bytes"] = output.bytes
+        record[name] = output.text() if output.bytes <= STREAM_TEXT_LIMIT else None
     return record
 
 

@@ -29,6 +29,23 @@ class NetworkInfo:
 
 
 @dataclass(frozen=True)
+class StreamOutput:
+    """One captured stream: its whole text is in the file at `path` (removed when the
+    result is garbage-collected), kept in memory too while it is small."""
+
+    path: str | None
+    sha256: str
+    bytes: int
+    cached: str | None = field(default=None, repr=False)
+
+    def text(self) -> str:
+        if self.cached is not None:
+            return self.cached
+        from .streams import read_text
+        return read_text(self.path)
+
+
+@dataclass(frozen=True)
 class SandboxResult:
     """How one sandboxed script ended, with its output.
 
@@ -39,8 +56,8 @@ class SandboxResult:
 
     exit_code: int | None
     signal: int | None
-    stdout: str
-    stderr: str
+    stdout_output: StreamOutput = field(repr=False)
+    stderr_output: StreamOutput = field(repr=False)
     timed_out: bool
     duration: float
     spec: dict = field(repr=False)
@@ -51,6 +68,25 @@ class SandboxResult:
     stopped: bool = False          # ended by a stop request (the panel's Stop button)
     started: str = ""              # UTC, ISO 8601
     platform: str = ""             # runsc's platform (systrap, ptrace)
+    session: str | None = None     # the session it ran in, if any
+    warm: bool = False             # served by a standby sandbox booted ahead of time
+
+    @property
+    def stdout(self) -> str:
+        """The whole standard output (read from its file when it was large)."""
+        return self.stdout_output.text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_output.text()
+
+    @property
+    def stdout_path(self) -> str | None:
+        return self.stdout_output.path
+
+    @property
+    def stderr_path(self) -> str | None:
+        return self.stderr_output.path
 
     @property
     def returncode(self) -> int:

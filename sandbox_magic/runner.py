@@ -7,7 +7,6 @@ runs whatever happens: success, failure, timeout, interrupt, runsc failing.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import datetime
 import json
@@ -18,14 +17,18 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
 
-from . import ledger, network
+from . import ledger, network, streams
 from .config import SandboxConfig, make_config, sandbox_environment
 from .errors import SandboxConfigError, SandboxError
-from .result import NetworkInfo, SandboxResult, decode_wait_status, parse_runsc_log
+from .result import (NetworkInfo, SandboxResult, StreamOutput, decode_wait_status,
+                     parse_runsc_log)
 from .runsc import Container, Runsc, locate
-from .spec import build_spec, script_file_text
+from .spec import SCRIPT_PATH, build_spec, script_command, script_file_text
+from .standby import STANDBYS
 
 OutputCallback = Callable[[str], None]
 
@@ -43,7 +46,7 @@ def run(script: str, *, root: str = "/", cwd: str | None = None,
         netns: bool = True, nat: bool = True, dns: Iterable[str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-        stop: threading.Event | None = None) -> SandboxResult:
+        stop: threading.Event | None = None, standby: bool = True) -> SandboxResult:
     """Run `script` in a fresh gVisor sandbox and return how it ended.
 
     Returns the result whatever the exit status (see SandboxResult.check()).
@@ -52,17 +55,19 @@ def run(script: str, *, root: str = "/", cwd: str | None = None,
     KeyboardInterrupt, after removing the sandbox, when interrupted.
     `on_stdout`/`on_stderr` receive decoded text as it arrives. Setting `stop`
     (from another thread) stops the sandbox as an interrupt would, and the
-    result comes back with `stopped=True`.
+    result comes back with `stopped=True`. `standby=False` boots a sandbox for
+    this cell even if one is waiting, and keeps none for the next (see standby.py).
     """
     config = make_config(script, root=root, cwd=cwd, env=env, env_all=env_all,
                          hostname=hostname, timeout=timeout, runsc=runsc, network=network,
                          ip=ip, peer=peer, netns=netns, nat=nat, dns=dns)
-    return run_config(config, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop)
+    return run_config(config, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop,
+                      standby=standby)
 
 
 def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None,
-               on_stderr: OutputCallback | None = None,
-               stop: threading.Event | None = None) -> SandboxResult:
+               on_stderr: OutputCallback | None = None, stop: threading.Event | None = None,
+               standby: bool = True) -> SandboxResult:
     binary = locate(config.runsc)
     environment = sandbox_environment(os.environ, config.env, config.env_all)
     rootless = os.geteuid() != 0
@@ -70,7 +75,93 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
     state = ledger.state_root()
     started = time.monotonic()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-    with contextlib.ExitStack() as stack:
+    key = standby_key(config, binary, environment, rootless)
+    warm = STANDBYS.take(key) if standby else STANDBYS.discard()
+    sandbox = warm or boot(config, binary, environment, state, rootless, waiter=False)
+    with sandbox.teardown:
+        if warm:
+            warm.hand_over(config.script)
+        deadline = started + config.timeout if config.timeout else None
+        outputs = streams.output_dir(state, sandbox.container_id)
+        sandbox.teardown.push(
+            lambda error, *_: error is not None and streams.remove_output_dir(outputs))
+        stdout, stderr, timed_out, stopped = follow(sandbox.container, outputs, deadline, stop,
+                                                    on_stdout, on_stderr)
+        exit_code, signal_number = wait_status(binary, sandbox.log_file,
+                                               sandbox.container.process, stderr.text())
+    if standby:
+        STANDBYS.prepare(key, lambda: boot(config, binary, environment, state, rootless,
+                                           waiter=True))
+    result = SandboxResult(
+        exit_code=exit_code, signal=signal_number, stdout_output=stdout.output(),
+        stderr_output=stderr.output(), timed_out=timed_out, stopped=stopped,
+        duration=time.monotonic() - started, config=config,
+        spec=with_args(sandbox.spec, script_command(config.script)),
+        container_id=sandbox.container_id, runsc_version=binary.version,
+        network=network_info(sandbox.plan), started=started_at, platform=binary.platform,
+        warm=warm is not None)
+    weakref.finalize(result, streams.remove_output_dir, outputs)
+    return result
+
+
+# The standby's init waits for one line on stdin, then becomes the cell's script:
+# the script is PID 1 with the same argv, environment and stdin (a pipe at end
+# of file) as in a sandbox booted for it, so a cell cannot tell the difference.
+WAITER = ["/bin/sh", "-c", "read how && exec $how " + SCRIPT_PATH]
+# A session's init says it is up, then waits for its stdin to close.
+KEEP_ALIVE = ["/bin/sh", "-c", "echo ready; read _; exit 0"]
+
+
+@dataclass
+class Booted:
+    """A sandbox whose resources all exist and whose runsc is running; `teardown`
+    (an ExitStack) removes everything, whatever happens."""
+
+    config: SandboxConfig
+    run_dir: ledger.RunDir
+    plan: network.NetworkPlan
+    container: Container
+    spec: dict                      # the spec of a fresh run of `config`
+    teardown: contextlib.ExitStack
+
+    @property
+    def container_id(self) -> str:
+        return self.run_dir.container_id
+
+    @property
+    def log_file(self) -> str:
+        return self.run_dir.file("runsc.log")
+
+    def cell_file(self, name: str = "cell") -> str:
+        return os.path.join(self.run_dir.file("cells"), name)
+
+    def hand_over(self, script: str) -> None:
+        """Give a waiting standby its script: it execs it as PID 1."""
+        write_script(self.cell_file(), script)
+        how = "" if script.startswith("#!") else "/bin/sh"
+        stdin = self.container.process.stdin
+        stdin.write(f"{how}\n".encode())
+        stdin.close()
+
+    def discard(self) -> None:
+        """End an unused standby: closing its stdin ends the waiter's `read`, and the
+        sandbox exits by itself (faster and gentler than runsc kill); then tear down."""
+        process = self.container.process
+        if process is not None and process.poll() is None and not process.stdin.closed:
+            process.stdin.close()
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+        self.teardown.close()
+
+
+def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], state: str,
+         rootless: bool, waiter: bool = False, init: list[str] | None = None) -> Booted:
+    """Create everything a run needs and start runsc: with the script as init
+    (a fresh run), with WAITER (a standby), or with `init` (a session)."""
+    stack = contextlib.ExitStack()
+    try:
         run_dir = ledger.create_run(state, binary.path, rootless)
         finish = stack.enter_context(RunFinisher(run_dir, state))
         plan = network.prepare(config, run_dir.container_id, state, run_dir.file("network.json"),
@@ -79,7 +170,12 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
         network.apply(plan, state)
         write_etc_files(run_dir, plan)
         spec = spec_for(config, binary, environment, run_dir.path, plan)
-        write_bundle(run_dir, config.script, spec)
+        os.mkdir(run_dir.file("cells"), 0o755)
+        if not waiter and init is None:
+            write_script(os.path.join(run_dir.file("cells"), "cell"), config.script)
+        launch = spec if not (waiter or init) else with_args(spec, init or WAITER)
+        with open(run_dir.file("config.json"), "w") as fh:
+            json.dump(launch, fh)
         container = Container(binary, state_dir=ledger.runsc_root(state), bundle=run_dir.path,
                               container_id=run_dir.container_id, rootless=rootless)
         stack.callback(deferring_interrupts(container.remove), state, run_dir.path)
@@ -87,35 +183,57 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
             run_dir.file("runsc.log"), network=plan.mode,
             private_proc_sys_net=plan.mode == "sandbox"
             and binary.needs_proc_sys_net_workaround(os.uname().release))
-        deadline = started + config.timeout if config.timeout else None
-        stdout, stderr, timed_out, stopped = follow(container, deadline, stop, on_stdout,
-                                                    on_stderr)
-        exit_code, signal_number = wait_status(binary, run_dir, process, stderr.text())
-    return SandboxResult(
-        exit_code=exit_code, signal=signal_number, stdout=stdout.text(), stderr=stderr.text(),
-        timed_out=timed_out, stopped=stopped, duration=time.monotonic() - started, spec=spec,
-        config=config, container_id=run_dir.container_id, runsc_version=binary.version,
-        network=network_info(plan), started=started_at, platform=binary.platform)
+        if not (waiter or init):
+            process.stdin.close()   # the script's stdin: a pipe at end of file
+    except BaseException:
+        stack.close()
+        raise
+    return Booted(config, run_dir, plan, container, spec, stack)
 
 
-def follow(container: Container, deadline: float | None, stop: threading.Event | None,
-           on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
-           ) -> tuple[StreamCollector, StreamCollector, bool, bool]:
+def with_args(spec: dict, args: list[str]) -> dict:
+    return {**spec, "process": {**spec["process"], "args": list(args)}}
+
+
+def write_script(path: str, script: str) -> None:
+    """The script as a file the sandbox sees at SCRIPT_PATH; executable for `#!` lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
+    with open(fd, "w", encoding="utf-8") as fh:
+        fh.write(script_file_text(script))
+
+
+def standby_key(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str],
+                rootless: bool) -> tuple:
+    """What a standby must share with a cell to serve it: all but the script and the
+    timeout (which we apply, not runsc)."""
+    options = config.to_dict()
+    del options["script"], options["timeout"]
+    return (json.dumps(options, sort_keys=True), tuple(sorted(environment.items())),
+            binary.path, binary.version, rootless)
+
+
+def follow(container: Container, outputs: str, deadline: float | None,
+           stop: threading.Event | None, on_stdout: OutputCallback | None,
+           on_stderr: OutputCallback | None) -> tuple[Capture, Capture, bool, bool]:
     """Stream the sandbox's output until it ends. At the deadline kill it; when
     `stop` is set, or on SIGINT, stop it (SIGINT inside, then SIGKILL). A SIGINT
     is re-raised once the sandbox is gone and its last output collected.
     Returns (stdout, stderr, timed_out, stopped)."""
     process = container.process
-    stdout, stderr = StreamCollector(on_stdout), StreamCollector(on_stderr)
-    streams = {process.stdout: stdout, process.stderr: stderr}
+    stdout = Capture(os.path.join(outputs, "stdout"), on_stdout)
+    stderr = Capture(os.path.join(outputs, "stderr"), on_stderr)
+    pipes = {process.stdout: stdout, process.stderr: stderr}
     try:
-        timed_out, stopped = pump(process, streams, deadline, stop, container.stop)
+        timed_out, stopped = pump(process, pipes, deadline, stop, container.stop)
         wait_in_slices(process)
     except KeyboardInterrupt:
         with interrupts_deferred():
             container.stop(grace=INTERRUPT_GRACE)
-            drain(process, streams)
+            drain(process, pipes)
         raise
+    finally:
+        stdout.close()
+        stderr.close()
     return stdout, stderr, timed_out, stopped
 
 
@@ -190,7 +308,7 @@ def check_privileges(config: SandboxConfig, rootless: bool) -> None:
 def spec_for(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str],
              run_path: str, plan: network.NetworkPlan) -> dict:
     return build_spec(config, environment=environment,
-                      script_source=os.path.join(run_path, "cell"),
+                      script_source=os.path.join(run_path, "cells"),
                       capabilities=binary.capabilities, network_namespace=plan.namespace_path,
                       etc_files=etc_sources(run_path, plan))
 
@@ -228,35 +346,13 @@ def network_info(plan: network.NetworkPlan) -> NetworkInfo:
                        veth=(plan.veth_host, plan.veth_sandbox) if plan.has_veth else None)
 
 
-def write_bundle(run_dir: ledger.RunDir, script: str, spec: dict) -> None:
-    """config.json and the script file; the script is executable for `#!` lines."""
-    fd = os.open(run_dir.file("cell"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
-    with open(fd, "w", encoding="utf-8") as fh:
-        fh.write(script_file_text(script))
-    with open(run_dir.file("config.json"), "w") as fh:
-        json.dump(spec, fh)
-
-
-class StreamCollector:
-    """Decodes one output stream incrementally (UTF-8 safe across chunk
-    boundaries), keeps the text, and hands each piece to a callback."""
-
-    def __init__(self, callback: OutputCallback | None) -> None:
-        self.callback = callback
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.parts: list[str] = []
-
-    def feed(self, data: bytes, final: bool = False) -> None:
-        text = self.decoder.decode(data, final)
-        if text:
-            self.parts.append(text)
-            if self.callback is not None:
-                self.callback(text)
-
+class Capture(streams.StreamCapture):
     def text(self) -> str:
-        if len(self.parts) > 1:
-            self.parts[:] = ["".join(self.parts)]  # linear: join once, not per chunk
-        return self.parts[0] if self.parts else ""
+        return self.text_if_small() or streams.read_text(self.path)
+
+    def output(self) -> StreamOutput:
+        return StreamOutput(path=self.path, sha256=self.digest.hexdigest(), bytes=self.bytes,
+                            cached=self.text_if_small())
 
 
 def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
@@ -322,11 +418,11 @@ def wait_in_slices(process: subprocess.Popen) -> int:
             continue
 
 
-def wait_status(binary: Runsc, run_dir: ledger.RunDir, process: subprocess.Popen,
+def wait_status(binary: Runsc, log_file: str, process: subprocess.Popen,
                 stderr_text: str) -> tuple[int | None, int | None]:
     """(exit_code, signal) of the script, or SandboxError if runsc itself failed."""
     try:
-        with open(run_dir.file("runsc.log"), errors="replace") as fh:
+        with open(log_file, errors="replace") as fh:
             outcome = parse_runsc_log(fh.read())
     except FileNotFoundError:
         outcome = parse_runsc_log("")

@@ -157,7 +157,7 @@ class Container:
         cmd += ["run", f"--bundle={self.bundle}", self.container_id]
         try:
             self.process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, close_fds=True, cwd=self.bundle,
                 preexec_fn=hide_proc_sys_net if private_proc_sys_net else None)
         except OSError as exc:
@@ -207,7 +207,8 @@ class Container:
         # A runsc killed before it could clean up leaves its sandbox and gofer behind.
         for pid in processes_of(marker):
             kill_process(pid)
-        for pipe in (self.process.stdout, self.process.stderr) if self.process else ():
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr) \
+                if self.process else ():
             pipe.close()
 
 

@@ -3,8 +3,9 @@
 The spec is what `runsc do` builds (runsc/cmd/do.go): the root filesystem
 (read-only on the host, writable through runsc's in-memory overlay), the
 working directory, the environment, every capability, the hostname and its
-own pid/ipc/uts/mount/network namespaces. The cell's script is bind-mounted
-read-only at SCRIPT_PATH, a path that does not exist on the host.
+own pid/ipc/uts/mount/network namespaces. The cell's script reaches the
+sandbox through a directory of the run bind-mounted read-only at SCRIPT_DIR, a path that
+does not exist on the host (a standby or a session gets its scripts there after boot).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping, Sequence
 
 from .config import SandboxConfig
 
-SCRIPT_PATH = "/.sandbox-magic/cell"
+SCRIPT_DIR = "/.sandbox-magic"          # a host directory of the run, bind-mounted read-only
+SCRIPT_PATH = SCRIPT_DIR + "/cell"
 OCI_VERSION = "1.0.2"
 NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
 
@@ -39,7 +41,7 @@ def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
                etc_files: Mapping[str, str] | None = None) -> dict:
     """The OCI spec for `config`.
 
-    `script_source` is the host file holding the script; `network_namespace` the
+    `script_source` is the host directory holding the script (as `cell`); `network_namespace` the
     path of a prepared namespace to join (None: a new empty one, or none at all
     with --no-netns); `etc_files` maps /etc paths to host files bind-mounted
     read-only over them.
@@ -60,7 +62,7 @@ def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
             "capabilities": {kind: caps for kind in
                              ("bounding", "effective", "inheritable", "permitted", "ambient")},
         },
-        "mounts": [read_only_file(SCRIPT_PATH, script_source)] + [
+        "mounts": [read_only_file(SCRIPT_DIR, script_source)] + [
             read_only_file(dest, source) for dest, source in (etc_files or {}).items()],
         "linux": {"namespaces": namespaces(config, network_namespace)},
     }
@@ -80,11 +82,11 @@ def namespaces(config: SandboxConfig, network_namespace: str | None) -> list[dic
     return entries
 
 
-def script_command(script: str) -> list[str]:
+def script_command(script: str, path: str = SCRIPT_PATH) -> list[str]:
     """How the sandbox starts the script: a `#!` line picks the interpreter, as on Linux."""
     if script.startswith("#!"):
-        return [SCRIPT_PATH]
-    return ["/bin/sh", SCRIPT_PATH]
+        return [path]
+    return ["/bin/sh", path]
 
 
 def script_file_text(script: str) -> str:

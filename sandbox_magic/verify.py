@@ -43,6 +43,9 @@ def verify_record(cell: int, record: dict, status_only: bool) -> Verdict:
     recorded = describe(record, status_only)
     if record.get("stopped"):
         return Verdict(cell, recorded, "-", "skipped")   # a person pressed Stop: not repeatable
+    if record.get("session"):
+        # It ran after other cells in a long-lived sandbox: a fresh re-run would not be the same.
+        return Verdict(cell, recorded, f"(ran in session {record['session']})", "skipped")
     try:
         config = SandboxConfig.from_dict(record["config"])
         now = record_of(run_config(config))

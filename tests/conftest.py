@@ -43,8 +43,19 @@ def runsc_path(request) -> str:
     return path
 
 
+def settle() -> None:
+    """End the standby (a live sandbox kept for the next cell) and wait for every
+    background teardown: what is left after this is a leak."""
+    from sandbox_magic.runner import wait_for_teardowns
+    from sandbox_magic.standby import STANDBYS
+    STANDBYS.discard()
+    wait_for_teardowns()
+
+
 def wait_for_no_leftovers(seconds: float = 3.0) -> list[str]:
     from sandbox_magic.runner import wait_for_teardowns
+    from sandbox_magic.standby import STANDBYS
+    STANDBYS.discard()   # a standby is a live sandbox of ours, not a leak; end it first
     wait_for_teardowns()
     end = time.monotonic() + seconds
     while True:
@@ -117,4 +128,4 @@ def kernel():
         yield manager, client
     finally:
         client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        manager.shutdown_kernel(now=False)   # graceful: the kernel ends its standby at exit

@@ -85,17 +85,27 @@ def page():
         browser.close()
 
 
+def run_all_cells_until_shown(page, panel) -> None:
+    """Run > Run All Cells, until the panel shows: right after the page loads, the
+    kernel may not take the first request yet."""
+    for attempt in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            panel.wait_for(timeout=20_000)
+            return
+        except playwright_api.TimeoutError:
+            page.screenshot(path=str(ARTIFACTS / f"panel-not-shown-{attempt}.png"))
+    panel.wait_for(timeout=1000)
+
+
 def test_panel_in_jupyterlab(lab, page):
     page.goto(f"{lab}/lab/tree/panel-browser.ipynb")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                            state="attached", timeout=60_000)
-    page.locator(".jp-Notebook .jp-Cell").first.click()
-    page.keyboard.press("Escape")
-    page.keyboard.press("Shift+Enter")
-    page.keyboard.press("Shift+Enter")
     panel = page.locator(".sandbox-magic-panel")
-    panel.wait_for()
+    run_all_cells_until_shown(page, panel)
     run = panel.locator("button", has_text="Run")
     stop = panel.locator("button", has_text="Stop")
     status = panel.locator(".sandbox-magic-status")

@@ -95,7 +95,7 @@ def test_spec_is_runsc_do_like():
     assert [ns["type"] for ns in spec["linux"]["namespaces"]] == [
         "pid", "ipc", "uts", "mount", "network"]
     assert all("path" not in ns for ns in spec["linux"]["namespaces"])
-    assert spec["mounts"] == [{"destination": SCRIPT_PATH, "type": "bind",
+    assert spec["mounts"] == [{"destination": "/.sandbox-magic", "type": "bind",
                                "source": "/x/cell", "options": ["rbind", "ro"]}]
 
 

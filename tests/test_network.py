@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import settle
+
 from sandbox_magic import SandboxConfigError, SandboxError, ledger, network, run
-from sandbox_magic.runner import wait_for_teardowns
 
 IP_FREEBIND = 15
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def test_nat_rules_and_forwarding_exist_while_running_and_go_after():
     assert any("MASQUERADE" in r and "-s 10.213.10.2/32" in r for r in seen["rules"])
     assert seen["forward"] == "1"
     assert seen["links"] == [f"sbx{cid[4:]}-h"] and seen["netns"] == [cid]
-    wait_for_teardowns()
+    settle()
     assert network.our_iptables_rules() == [] and network.our_links() == []
     assert Path(network.IP_FORWARD).read_text() == before
 
@@ -154,7 +155,7 @@ def test_failure_at_each_setup_step_leaves_nothing(step, monkeypatch):
     monkeypatch.setattr(network, "before_step", fail)
     with pytest.raises(RuntimeError, match=f"before {step}"):
         run("true", ip="10.213.12.2")
-    wait_for_teardowns()
+    settle()
     assert ledger.leftovers() == []
     assert Path(network.IP_FORWARD).read_text() == forward_before
 
@@ -163,7 +164,7 @@ def test_fifty_network_cells_in_a_row_leave_nothing():
     for i in range(50):
         result = run("true", ip="10.213.13.2")
         assert result.ok, (i, result.stderr)
-    wait_for_teardowns()
+    settle()
     assert ledger.leftovers() == []
 
 
@@ -313,7 +314,7 @@ def test_same_address_from_another_process_and_its_interrupt():
         owner.send_signal(signal.SIGINT)                   # Ctrl-C in that "kernel"
         owner.wait(30)
     assert "KeyboardInterrupt" in owner.stderr.read()
-    wait_for_teardowns()
+    settle()
     assert ledger.leftovers() == []
 
 
@@ -380,5 +381,5 @@ def test_network_teardown_after_every_ending(ending):
     else:
         result = run(script, ip="10.213.48.2", timeout=1 if ending == "timeout" else None)
         assert not result.ok
-    wait_for_teardowns()
+    settle()
     assert ledger.leftovers() == []

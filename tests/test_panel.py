@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from sandbox_magic import SandboxPanel, ledger, make_config, wait_for_teardowns
+from tests.conftest import settle
+
+from sandbox_magic import SandboxPanel, ledger, make_config
 
 
 def test_fields_give_config_spec_and_magic_line(shell):
@@ -104,7 +106,7 @@ def test_stop_ends_a_long_script_and_leaves_nothing():
     assert time.monotonic() - start < 3
     assert result.stopped and result.signal is not None
     assert "stopped" in panel.status.value
-    wait_for_teardowns()
+    settle()
     assert ledger.leftovers() == []
 
 

@@ -24,6 +24,7 @@ PACKAGE = Path(sandbox_magic.__file__).resolve().parent
 
 CHECK = textwrap.dedent("""
     import json, os, sys
+    import sandbox_magic
     from IPython.testing.globalipapp import start_ipython
     from sandbox_magic import ledger
     shell = start_ipython()
@@ -39,6 +40,9 @@ CHECK = textwrap.dedent("""
         ip_error = str(exc)
     shell.run_cell_magic("sandbox", "--network host --no-netns --out net --runsc " + sys.argv[1],
                          "cat /proc/net/dev | wc -l")
+    from sandbox_magic.standby import STANDBYS
+    STANDBYS.discard()   # the standby kept for a next cell is live, not a leak
+    sandbox_magic.wait_for_teardowns()
     print(json.dumps({"out": r.stdout, "exit_code": r.exit_code, "signal": r.signal,
                       "ip_error": ip_error, "host_net_lines": int(shell.user_ns["net"]),
                       "state": ledger.state_root(), "leftovers": ledger.leftovers(),
@@ -104,3 +108,6 @@ def test_cell_runs_rootless_as_a_normal_user(readable_install, normal_user, runs
     assert "needs root" in report["ip_error"] and "--ip" in report["ip_error"]
     assert report["host_net_lines"] > 3
     assert not os.path.exists("/tmp/x")
+    # After the process exited, its state root holds no run and no runsc state.
+    state = Path(report["state"])
+    assert list((state / "runs").iterdir()) == [] and list((state / "runsc").iterdir()) == []

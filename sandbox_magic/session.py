@@ -1,0 +1,246 @@
+"""Sessions: one sandbox that stays up, and runs cell after cell with `runsc exec`.
+
+Files written by one cell are there for the next and the network identity stays;
+each cell costs an exec (~35 ms here) instead of a boot. A timeout, an interrupt
+or a stop kills the cell's processes, not the session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+import subprocess
+import threading
+import time
+import weakref
+
+from . import ledger, streams
+from .config import SandboxConfig, make_config, sandbox_environment
+from .errors import SandboxConfigError, SandboxError
+from .result import SandboxResult
+from .runner import (INTERRUPT_GRACE, KEEP_ALIVE, Booted, OutputCallback, boot, check_privileges,
+                     follow, network_info, wait_status, write_script)
+from .runsc import Runsc, kill_group, locate
+from .spec import SCRIPT_DIR, script_command
+
+SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SESSIONS: dict[str, "Session"] = {}
+SESSIONS_LOCK = threading.Lock()
+
+
+class Session:
+    """A long-lived sandbox. `Session(name, **options)` takes run()'s options;
+    `.run(script, timeout=..., on_stdout=..., on_stderr=..., stop=...)` runs a
+    cell in it; `.close()` (or leaving a `with` block) ends it."""
+
+    def __init__(self, name: str, **options) -> None:
+        if not isinstance(name, str) or not SESSION_NAME.fullmatch(name):
+            raise SandboxConfigError("session", f"{name!r} is not a session name",
+                                     "use letters, digits, '.', '_' and '-', e.g. lab1")
+        options.pop("script", None)
+        self.name = name
+        self.config = make_config("", **options)
+        self.binary: Runsc = locate(self.config.runsc)
+        rootless = os.geteuid() != 0
+        check_privileges(self.config, rootless)
+        with SESSIONS_LOCK:
+            if name in SESSIONS:
+                raise SandboxConfigError("session", f"a session named {name} is already running",
+                                         f"stop it first (%sandbox stop {name}), or pick "
+                                         "another name")
+            SESSIONS[name] = self   # reserved while booting
+        try:
+            environment = sandbox_environment(os.environ, self.config.env, self.config.env_all)
+            self.booted: Booted = boot(self.config, self.binary, environment,
+                                       ledger.state_root(), rootless, init=KEEP_ALIVE)
+            self.wait_until_up()
+        except BaseException:
+            with SESSIONS_LOCK:
+                SESSIONS.pop(name, None)
+            if hasattr(self, "booted"):
+                self.booted.discard()
+            raise
+        self.rootless = rootless
+        self.cells = 0
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def wait_until_up(self, seconds: float = 60.0) -> None:
+        """Wait for the init's "ready" line: `runsc exec` needs a running container."""
+        import selectors
+        process = self.booted.container.process
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if selector.select(0.1):
+                    if os.read(process.stdout.fileno(), 64).startswith(b"ready"):
+                        return
+                    break   # end of file: runsc failed
+        error = wait_status_error(self.binary, self.booted.log_file, process)
+        raise SandboxError(f"session {self.name} did not start: {error}")
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.cells} cells run"
+        return f"<Session {self.name} {self.booted.container_id}: {state}>"
+
+    @property
+    def container_id(self) -> str:
+        return self.booted.container_id
+
+    def run(self, script: str, *, timeout: float | None = None,
+            on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None,
+            stop: threading.Event | None = None) -> SandboxResult:
+        """Run `script` in the session; returns its SandboxResult like run()."""
+        config = dataclasses.replace(make_config(script, **self.options(), timeout=timeout))
+        with self.lock:
+            if self.closed or not self.booted.container.running():
+                raise SandboxError(f"session {self.name} is not running any more; start it "
+                                   f"again with %sandbox start {self.name}")
+            self.cells += 1
+            return self.run_cell(config, f"cell-{self.cells}", on_stdout, on_stderr, stop)
+
+    def options(self) -> dict:
+        options = self.config.to_dict()
+        for name in ("script", "timeout"):
+            options.pop(name)
+        return options
+
+    def run_cell(self, config: SandboxConfig, name: str, on_stdout, on_stderr,
+                 stop) -> SandboxResult:
+        started = time.monotonic()
+        started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="milliseconds")
+        write_script(self.booted.cell_file(name), config.script)
+        log_file = self.booted.run_dir.file(f"{name}.log")
+        cell = CellProcess(self, log_file, script_command(config.script,
+                                                          f"{SCRIPT_DIR}/{name}"))
+        outputs = streams.output_dir(ledger.state_root(), f"{self.container_id}-{name}")
+        try:
+            deadline = started + config.timeout if config.timeout else None
+            stdout, stderr, timed_out, stopped = follow(cell, outputs, deadline, stop,
+                                                        on_stdout, on_stderr)
+            exit_code, signal_number = wait_status(self.binary, log_file, cell.process,
+                                                   stderr.text())
+        except BaseException:
+            streams.remove_output_dir(outputs)
+            raise
+        finally:
+            cell.close()
+        result = SandboxResult(
+            exit_code=exit_code, signal=signal_number, stdout_output=stdout.output(),
+            stderr_output=stderr.output(), timed_out=timed_out, stopped=stopped,
+            duration=time.monotonic() - started, spec=self.booted.spec, config=config,
+            container_id=self.container_id, runsc_version=self.binary.version,
+            network=network_info(self.booted.plan), started=started_at,
+            platform=self.binary.platform, session=self.name)
+        weakref.finalize(result, streams.remove_output_dir, outputs)
+        return result
+
+    def close(self) -> None:
+        """End the session and remove everything it created. Idempotent."""
+        with SESSIONS_LOCK:
+            if SESSIONS.get(self.name) is self:
+                del SESSIONS[self.name]
+        if getattr(self, "closed", True):
+            return
+        self.closed = True
+        process = self.booted.container.process
+        try:
+            process.stdin.close()      # the init reads its stdin until it closes
+            process.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.booted.discard()
+
+
+class CellProcess:
+    """One `runsc exec` of a session cell, shaped like runsc.Container for follow()."""
+
+    def __init__(self, session: Session, log_file: str, args: list[str]) -> None:
+        self.session = session
+        binary, state_dir = session.binary, session.booted.container.state_dir
+        cmd = [binary.path, f"--root={state_dir}"] + (["--rootless"] if session.rootless else [])
+        cmd += [f"--debug-log={log_file}"]
+        if "debug-command" in binary.flags:
+            cmd.append("--debug-command=exec")
+        # The cell's first pid inside the sandbox: pids only grow, so every process
+        # of this cell has a pid at least this large, and earlier cells' have smaller.
+        self.pid_file = log_file + ".pid"
+        cmd += ["exec", f"--internal-pid-file={self.pid_file}", "--cwd", session.config.cwd,
+                session.container_id, *args]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True,
+                                        close_fds=True)
+        self.process.stdin.close()   # as in a fresh run: stdin is a pipe at end of file
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float) -> None:
+        """End the cell's processes, and only them: SIGINT, then SIGKILL after `grace`."""
+        if grace > 0 and self.running():
+            self.signal_cell("INT")
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_cell("KILL")   # also what it left running in the background
+        try:
+            self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            kill_group(self.process.pid)
+            self.process.wait()
+
+    def signal_cell(self, signal_name: str) -> None:
+        container = self.session.booted.container
+        listing = container.binary.control(container.state_dir, "ps", "--format", "json",
+                                           self.session.container_id,
+                                           rootless=self.session.rootless)
+        try:
+            with open(self.pid_file) as fh:
+                first = int(fh.read().strip())
+        except (OSError, ValueError):
+            return   # not started inside the sandbox yet: killing `runsc exec` is enough
+        for pid in re.findall(r"\d+", listing.stdout):
+            if int(pid) >= first:
+                container.binary.control(container.state_dir, "kill", "--pid", pid,
+                                         self.session.container_id, signal_name,
+                                         rootless=self.session.rootless)
+
+    def close(self) -> None:
+        for pipe in (self.process.stdout, self.process.stderr):
+            pipe.close()
+
+
+def get(name: str) -> Session:
+    session = SESSIONS.get(name)
+    if session is None:
+        running = ", ".join(sorted(SESSIONS)) or "none"
+        raise SandboxConfigError("session", f"no session named {name} (running: {running})",
+                                 f"start one with %sandbox start {name} [options]")
+    return session
+
+
+def close_all() -> None:
+    for session in list(SESSIONS.values()):
+        session.close()
+
+
+def wait_status_error(binary: Runsc, log_file: str, process) -> str:
+    try:
+        process.wait(timeout=5)
+        wait_status(binary, log_file, process, "")
+    except SandboxError as exc:
+        return str(exc)
+    except subprocess.TimeoutExpired:
+        return "runsc did not start the sandbox in time"
+    return f"runsc ended with status {process.returncode}"

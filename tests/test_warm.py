@@ -1,0 +1,207 @@
+"""Warm standbys and sessions, for real."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+from sandbox_magic import Session, SandboxConfigError, ledger, run
+from sandbox_magic.standby import STANDBYS
+from tests.conftest import settle
+
+PROBE = """echo "pid=$$ ppid=$PPID cwd=$(pwd) host=$(hostname)"
+cat /proc/1/cmdline | tr '\\0' ' '; echo
+read line; echo "read status $? [$line]"
+echo "HOME=$HOME X=$X"
+ls /tmp/standby-probe 2>&1
+echo written > /tmp/standby-probe
+echo to-stderr >&2
+exit 7"""
+
+
+def wait_for_standby(seconds: float = 10.0) -> None:
+    end = time.monotonic() + seconds
+    while STANDBYS.count() == 0 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert STANDBYS.count() == 1, "no standby was booted"
+
+
+def outcome(result):
+    return (result.stdout, result.stderr, result.exit_code, result.signal, result.timed_out)
+
+
+@pytest.mark.parametrize("script", [PROBE, "kill -KILL $$", "#!/usr/bin/env python3\n"
+                                    "import os, sys\nprint(os.getpid(), sys.argv, os.getcwd())"])
+def test_results_identical_with_and_without_standby(script, runsc_path):
+    options = dict(cwd="/usr", hostname="same", env=["X=1"], runsc=runsc_path)
+    cold = run(script, standby=False, **options)
+    run("true", **options)              # leaves a standby for this configuration
+    wait_for_standby()
+    warm = run(script, **options)
+    assert warm.warm and not cold.warm
+    assert outcome(warm) == outcome(cold)
+    assert warm.spec["process"] == cold.spec["process"]
+
+
+def test_a_standby_serves_one_cell_and_never_shows_state():
+    run("true")
+    wait_for_standby()
+    first = run("echo one > /tmp/standby-state; cat /tmp/standby-state")
+    wait_for_standby()
+    second = run("cat /tmp/standby-state")
+    assert first.warm and second.warm and first.container_id != second.container_id
+    assert first.stdout == "one\n" and second.exit_code != 0
+
+
+def test_another_configuration_discards_the_standby():
+    run("true", hostname="first")
+    wait_for_standby()
+    result = run("hostname", hostname="second")
+    assert not result.warm and result.stdout == "second\n"
+
+
+def test_standby_can_be_turned_off(shell):
+    settle()
+    run("true", standby=False)
+    time.sleep(0.3)
+    assert STANDBYS.count() == 0
+    shell.run_line_magic("config", "SandboxMagics.standby = False")
+    shell.run_cell_magic("sandbox", "--out o", "true")
+    time.sleep(0.3)
+    assert STANDBYS.count() == 0
+
+
+def test_network_standby_is_served_identically():
+    options = dict(ip="10.213.110.2", hostname="netwarm")
+    cold = run("cat /etc/hosts; cat /proc/net/route | wc -l", standby=False, **options)
+    run("true", **options)
+    wait_for_standby()
+    warm = run("cat /etc/hosts; cat /proc/net/route | wc -l", **options)
+    assert warm.warm and outcome(warm) == outcome(cold)
+
+
+def test_percent_sandbox_list_counts_standbys_and_sessions(shell, capsys):
+    run("true")
+    wait_for_standby()
+    with Session("listed"):
+        shell.run_line_magic("sandbox", "list")
+    text = capsys.readouterr().out
+    assert "session listed: sbx-" in text and "standby sandboxes: 1" in text
+
+
+DIES = """
+import os, signal, time, sandbox_magic
+from sandbox_magic.standby import STANDBYS
+sandbox_magic.run("true")
+while not STANDBYS.count():
+    time.sleep(0.02)
+s = sandbox_magic.Session("doomed")
+print("ready", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_cleanup_removes_standbys_and_sessions_of_a_dead_kernel():
+    done = subprocess.run([sys.executable, "-c", DIES], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout == "ready\n" and done.returncode == -9
+    time.sleep(0.5)
+    removed = ledger.cleanup()
+    assert len([item for item in removed if item.startswith("run ")]) == 2, removed
+    assert ledger.leftovers() == []
+
+
+EXITS = """
+import sandbox_magic
+sandbox_magic.run("true", ip="10.213.111.2")
+s = sandbox_magic.Session("left-open", ip="10.213.112.2")
+s.run("echo hi")
+print("exiting", flush=True)
+"""
+
+
+def test_exit_ends_standbys_and_sessions():
+    done = subprocess.run([sys.executable, "-c", EXITS], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "exiting" in done.stdout, done.stderr
+    assert ledger.leftovers() == []
+
+
+# ---------------------------------------------------------------- sessions
+
+def test_session_keeps_files_and_identity(runsc_path):
+    with Session("lab", hostname="labbox", ip="10.213.113.2", runsc=runsc_path) as session:
+        first = session.run("echo kept > /root/notes; hostname")
+        second = session.run("cat /root/notes; cat /etc/hosts | tail -1")
+        assert first.ok and first.stdout == "labbox\n"
+        assert second.stdout == "kept\n10.213.113.2\tlabbox\n"
+        assert first.container_id == second.container_id == session.container_id
+        assert second.session == "lab" and second.network.address == "10.213.113.2"
+    assert not os.path.exists("/root/notes")
+
+
+def test_session_status_timeout_and_stop_kill_the_cell_not_the_session():
+    with Session("st") as session:
+        assert session.run("exit 137").exit_code == 137
+        assert session.run("kill -KILL $$").signal == signal.SIGKILL
+        timed = session.run("echo started; sleep 30 & sleep 20", timeout=1)
+        assert timed.timed_out and timed.stdout == "started\n"
+        stop = threading.Event()
+        threading.Timer(1.0, stop.set).start()
+        stopped = session.run("trap 'echo got INT; exit 3' INT; sleep 30 & wait", stop=stop)
+        assert stopped.stopped and "got INT" in stopped.stdout
+        survivors = session.run("cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+        assert survivors.ok and "sleep" not in survivors.stdout   # the cells' children too
+        assert "read _" in survivors.stdout                       # the session's init lives
+
+
+def test_session_interrupt_kills_the_cell_not_the_session():
+    with Session("intr") as session:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            session.run("echo x > /tmp/still-here; sleep 30")
+        assert time.monotonic() - start < 3.5
+        assert session.run("cat /tmp/still-here").stdout == "x\n"
+
+
+def test_session_streams_live():
+    arrivals = []
+    with Session("live") as session:
+        start = time.monotonic()
+        session.run("echo first; sleep 2; echo second",
+                    on_stdout=lambda text: arrivals.append((time.monotonic() - start, text)))
+    first = next(at for at, text in arrivals if "first" in text)
+    second = next(at for at, text in arrivals if "second" in text)
+    assert second - first >= 1.5
+
+
+def test_session_names_are_unique_and_checked():
+    with Session("dup"):
+        with pytest.raises(SandboxConfigError, match="already running"):
+            Session("dup")
+    with pytest.raises(SandboxConfigError, match="not a session name"):
+        Session("bad name")
+
+
+def test_session_magics(shell, capsys):
+    shell.run_line_magic("sandbox", "start m1 --hostname magichost -e A=1")
+    try:
+        shell.run_cell_magic("sandbox", "--session m1 --out o", "echo $A > /tmp/m; hostname")
+        assert shell.user_ns["o"] == "magichost\n"
+        shell.run_cell_magic("sandbox", "--session m1 --out o --timeout 5", "cat /tmp/m")
+        assert shell.user_ns["o"] == "1\n"
+        with pytest.raises(UsageError, match="set by %sandbox start"):
+            shell.run_cell_magic("sandbox", "--session m1 --hostname x", "true")
+        with pytest.raises(UsageError, match="no session named nope"):
+            shell.run_cell_magic("sandbox", "--session nope", "true")
+    finally:
+        shell.run_line_magic("sandbox", "stop m1")
+    assert "session m1 stopped" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="no session named m1"):
+        shell.run_line_magic("sandbox", "stop m1")
