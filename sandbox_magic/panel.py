@@ -17,6 +17,7 @@ import threading
 import ipywidgets as widgets
 from IPython.display import display
 
+from . import session as sessions
 from .config import DEFAULT_PREFIX, SandboxConfig, make_config
 from .errors import SandboxConfigError, SandboxError
 from .options import magic_line
@@ -26,15 +27,16 @@ from .runner import preview_spec, run_config
 from .streams import BoundedWriter
 
 # The form's fields, in the order they appear, by run() keyword.
-TEXT_FIELDS = ("root", "cwd", "hostname", "timeout", "runsc", "ip", "peer", "dns")
+TEXT_FIELDS = ("root", "cwd", "hostname", "timeout", "runsc", "ip", "peer", "dns", "session")
 PLACEHOLDERS = {
     "root": "/", "cwd": "the kernel's current directory", "hostname": "the host's",
     "timeout": "seconds (none)", "runsc": "runsc on PATH", "ip": "e.g. 10.0.0.2",
     "peer": "last octet + 1", "dns": "the host's nameservers (comma-separated)",
+    "session": "none: a fresh sandbox (see %sandbox start)",
 }
 LABELS = {
     "root": "Root", "cwd": "Working dir", "hostname": "Hostname", "timeout": "Timeout",
-    "runsc": "runsc", "ip": "IP address", "peer": "Peer", "dns": "DNS",
+    "runsc": "runsc", "ip": "IP address", "peer": "Peer", "dns": "DNS", "session": "Session",
     "env": "Environment", "env_all": "All env", "network": "Network", "prefix": "Prefix",
     "nat": "NAT", "netns": "Own netns",
 }
@@ -138,6 +140,7 @@ class SandboxPanel(widgets.VBox):
             self._row("env_all", self.env_all),
             self._row("env", widgets.VBox([self.env_rows, self.add_env])),
             self._row("runsc", self.fields["runsc"]),
+            self._row("session", self.fields["session"]),
         ])
         net = widgets.VBox([
             self._row("network", self.network),
@@ -208,6 +211,11 @@ class SandboxPanel(widgets.VBox):
         else:
             self.fields[name].value = "" if value is None else str(value)
 
+    @property
+    def session(self) -> str | None:
+        """The session the form runs in (None: a fresh sandbox each run)."""
+        return self.fields["session"].value.strip() or None
+
     def options(self) -> dict:
         """The form as run()'s keywords (empty fields: the defaults)."""
         text = {name: self.fields[name].value.strip() or None for name in TEXT_FIELDS}
@@ -231,6 +239,8 @@ class SandboxPanel(widgets.VBox):
             message.value = ""
         try:
             self.config = make_config(self.script.value, **self.options())
+            if self.session:
+                sessions.get(self.session)   # must be running
             self.error = None
         except SandboxConfigError as exc:
             self.config, self.error = None, exc
@@ -260,6 +270,9 @@ class SandboxPanel(widgets.VBox):
     @property
     def magic_line(self) -> str:
         """The %%sandbox line (first line of a cell) that runs what the form says."""
+        if self.config and self.session:
+            timeout = f" --timeout {self.config.timeout:g}" if self.config.timeout else ""
+            return f"%%sandbox --session {self.session}{timeout}"
         return magic_line(self.config) if self.config else ""
 
     @property
@@ -284,21 +297,25 @@ class SandboxPanel(widgets.VBox):
         self._stop.clear()
         self.output.clear_output()
         self._set_status("info", "running…")
-        self._worker = threading.Thread(target=self._run, args=(config,),
+        self._worker = threading.Thread(target=self._run, args=(config, self.session),
                                         name="sandbox-magic-panel", daemon=True)
         self._worker.start()
         self._refresh_buttons()
         return True
 
-    def _run(self, config: SandboxConfig) -> None:
+    def _run(self, config: SandboxConfig, session: str | None) -> None:
         # Bounded as in the magic; the whole streams are in result.stdout / stderr.
         stdout = BoundedWriter(self.output.append_stdout, limit=OUTPUT_LIMIT,
                                where="; all of it is in panel.result.stdout")
         stderr = BoundedWriter(self.output.append_stderr, limit=OUTPUT_LIMIT,
                                where="; all of it is in panel.result.stderr")
         try:
-            result = run_config(config, on_stdout=stdout.write, on_stderr=stderr.write,
-                                stop=self._stop)
+            streams = dict(on_stdout=stdout.write, on_stderr=stderr.write, stop=self._stop)
+            if session:
+                result = sessions.get(session).run(config.script, timeout=config.timeout,
+                                                   **streams)
+            else:
+                result = run_config(config, **streams)
             stdout.close()
             stderr.close()
         except (SandboxError, OSError) as exc:

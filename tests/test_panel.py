@@ -144,3 +144,20 @@ def test_panel_notebook_executes(tmp_path):
     assert "Run disabled: True" in text and "--timeout" in text
     assert "10.99.0.2\tpanel-demo | peer: 10.99.0.3" in text
     assert "stopped (killed by signal" in text
+
+
+def test_panel_runs_in_a_session():
+    from sandbox_magic import Session
+    panel = SandboxPanel(script="true", session="nope")
+    assert panel.run_button.disabled and "no session named nope" in panel.messages["session"].value
+    with Session("pan") as session:
+        panel.set(session="pan", timeout=5, script="echo kept > /tmp/panel-file")
+        assert not panel.run_button.disabled
+        assert panel.magic_line == "%%sandbox --session pan --timeout 5"
+        panel.run_button.click()
+        assert panel.wait(60).ok
+        panel.script.value = "cat /tmp/panel-file"
+        panel.run_button.click()
+        result = panel.wait(60)
+        assert result.stdout == "kept\n" and result.session == "pan"
+        assert result.container_id == session.container_id
