@@ -50,6 +50,15 @@ class SandboxConfig:
     netns: bool = True             # False: the host's namespace (--no-netns)
     nat: bool = True
     dns: tuple[str, ...] = ()      # empty: the host's nameservers, else 8.8.8.8
+    hide: tuple[str, ...] = ()     # paths that appear empty inside (beside default_hidden())
+    memory: int | None = None      # bytes: the sandbox's memory limit (cgroup)
+    cpus: float | None = None      # CPUs' worth of time per period (cgroup CFS quota)
+    pids: int | None = None        # processes inside (RLIMIT_NPROC, enforced by gVisor)
+
+    @property
+    def limited(self) -> bool:
+        """Whether the sandbox needs a cgroup of its own."""
+        return self.memory is not None or self.cpus is not None
 
     @property
     def address(self) -> ipaddress.IPv4Interface | None:
@@ -60,6 +69,7 @@ class SandboxConfig:
         data = asdict(self)
         data["env"] = [f"{name}={value}" for name, value in self.env]
         data["dns"] = list(self.dns)
+        data["hide"] = list(self.hide)
         return data
 
     @classmethod
@@ -73,7 +83,10 @@ def make_config(script: str, *, root: str = "/", cwd: str | None = None,
                 timeout: float | str | None = None,
                 runsc: str | None = None, network: str | None = None,
                 ip: str | None = None, peer: str | None = None, netns: bool = True,
-                nat: bool = True, dns: Iterable[str] | None = None) -> SandboxConfig:
+                nat: bool = True, dns: Iterable[str] | None = None,
+                hide: Iterable[str] | None = None, memory: int | str | None = None,
+                cpus: float | str | None = None, pids: int | str | None = None
+                ) -> SandboxConfig:
     """Validate user-facing options and return a SandboxConfig.
 
     Raises SandboxConfigError naming the option and the fix. Reads the
@@ -95,6 +108,10 @@ def make_config(script: str, *, root: str = "/", cwd: str | None = None,
         runsc=check_runsc(runsc),
         **check_network(network, ip, peer, check_flag("netns", netns),
                         check_flag("nat", nat), dns),
+        hide=check_hide(hide),
+        memory=check_memory(memory),
+        cpus=check_cpus(cpus),
+        pids=check_pids(pids),
     )
 
 
@@ -367,3 +384,74 @@ def check_dns(dns: Iterable[str] | None) -> tuple[str, ...]:
             raise SandboxConfigError("dns", f"{server!r} is not an IP address",
                                      "give a nameserver address, e.g. --dns 1.1.1.1") from None
     return tuple(servers)
+
+
+def check_hide(hide: Iterable[str] | None) -> tuple[str, ...]:
+    """Paths to hide: absolute (relative ones start from the kernel's directory), not /."""
+    if hide is None:
+        return ()
+    paths = []
+    for path in [hide] if isinstance(hide, str) else hide:
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise SandboxConfigError("hide", f"{path!r} is not a path",
+                                     "give a file or directory, e.g. --hide ~/.ssh")
+        absolute = os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(path)))
+        if absolute == "/":
+            raise SandboxConfigError("hide", "/ cannot be hidden (it is the whole filesystem)",
+                                     "hide the directories that matter, e.g. --hide /home")
+        if absolute not in paths:
+            paths.append(absolute)
+    return tuple(paths)
+
+
+def default_hidden() -> tuple[str, ...]:
+    """What a sandbox never sees: the Jupyter runtime directory (kernel connection
+    files hold the kernel's signing key), the user's Jupyter config (tokens,
+    password hashes), JupyterHub's secrets."""
+    from jupyter_core.paths import jupyter_runtime_dir
+    home = os.path.expanduser("~")
+    return (jupyter_runtime_dir(), os.path.join(home, ".jupyter"), "/etc/jupyterhub",
+            "/srv/jupyterhub")
+
+
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_MEMORY = 32 << 20   # below this runsc's own sentry does not fit
+MEMORY_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def check_memory(memory: int | str | None) -> int | None:
+    """A size such as 512M, 1.5G or 268435456 (bytes); K/M/G/T are powers of 1024."""
+    if memory is None:
+        return None
+    match = MEMORY_SIZE.fullmatch(str(memory).strip()) if not isinstance(memory, bool) else None
+    if not match:
+        raise SandboxConfigError("memory", f"{memory!r} is not a size",
+                                 "write e.g. --memory 512M or --memory 2G")
+    size = int(float(match.group(1)) * MEMORY_UNITS[match.group(2).lower()])
+    if size < MIN_MEMORY:
+        raise SandboxConfigError("memory", f"{memory} is below the {MIN_MEMORY >> 20} MiB "
+                                 "that gVisor itself needs", "give at least --memory 32M")
+    return size
+
+
+def check_cpus(cpus: float | str | None) -> float | None:
+    if cpus is None:
+        return None
+    try:
+        value = float(cpus)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(cpus, bool) or not math.isfinite(value) or not 0.01 <= value <= 1024:
+        raise SandboxConfigError("cpus", f"{cpus!r} is not a number of CPUs",
+                                 "give e.g. --cpus 0.5 or --cpus 2")
+    return value
+
+
+def check_pids(pids: int | str | None) -> int | None:
+    if pids is None:
+        return None
+    text = str(pids).strip()
+    if isinstance(pids, bool) or not text.isdigit() or not 1 <= int(text) <= 1 << 22:
+        raise SandboxConfigError("pids", f"{pids!r} is not a number of processes",
+                                 "give e.g. --pids 64")
+    return int(text)

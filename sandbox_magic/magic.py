@@ -53,6 +53,11 @@ class SandboxMagics(Magics):
     env = List(Unicode(), help="NAME=VALUE items set in every sandbox, before -e.").tag(config=True)
     env_all = Bool(False, help="Default --env-all.").tag(config=True)
     hostname = Unicode(None, allow_none=True, help="Default --hostname.").tag(config=True)
+    hidden_paths = List(Unicode(), help="Paths every sandbox sees empty (as --hide), besides "
+                        "the Jupyter runtime dir, ~/.jupyter and JupyterHub's files.").tag(config=True)
+    memory = Unicode(None, allow_none=True, help="Default --memory (e.g. '1G').").tag(config=True)
+    cpus = Float(None, allow_none=True, help="Default --cpus.").tag(config=True)
+    pids = Int(None, allow_none=True, help="Default --pids.").tag(config=True)
     runsc = Unicode(None, allow_none=True, help="Path of runsc (default: runsc on PATH).").tag(config=True)
     raise_error = Bool(True, help="Raise CalledProcessError when a script fails "
                                   "(False: as if every cell had --no-raise-error).").tag(config=True)
@@ -157,7 +162,8 @@ class SandboxMagics(Magics):
 
     def defaults(self) -> dict:
         return dict(root=self.root, env=self.env, env_all=self.env_all, hostname=self.hostname,
-                    timeout=self.timeout, runsc=self.runsc)
+                    timeout=self.timeout, runsc=self.runsc, hide=list(self.hidden_paths),
+                    memory=self.memory, cpus=self.cpus, pids=self.pids)
 
     def fresh_runner(self, args, cell: str):
         try:

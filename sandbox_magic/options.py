@@ -59,6 +59,18 @@ RUN_OPTIONS = (
            help="Use the host's network namespace (only with --network host).")),
     Option(("--no-nat",), dict(action="store_true", default=False,
            help="Host-only networking: no MASQUERADE/FORWARD rules.")),
+    Option(("--hide",), dict(metavar="PATH", action="append", default=[],
+           help="Make PATH appear empty inside the sandbox (repeatable), besides the "
+                "Jupyter runtime directory, ~/.jupyter, JupyterHub's files and "
+                "SandboxMagics.hidden_paths.")),
+    Option(("--memory",), dict(metavar="SIZE", default=None,
+           help="Memory limit of the sandbox, e.g. 512M or 2G; exceeding it kills the "
+                "sandbox (status: killed, memory limit reached).")),
+    Option(("--cpus",), dict(metavar="N", default=None,
+           help="CPU time limit, in CPUs (e.g. 0.5: half of one CPU).")),
+    Option(("--pids",), dict(metavar="N", default=None,
+           help="At most N processes inside (RLIMIT_NPROC; the script runs without "
+                "CAP_SYS_ADMIN and CAP_SYS_RESOURCE, which would lift it).")),
     Option(("--dns",), dict(metavar="ADDR", action="append", default=[],
            help="Nameserver for the sandbox's /etc/resolv.conf (repeatable; default: the "
                 "host's non-loopback nameservers, else 8.8.8.8).")),
@@ -80,7 +92,9 @@ def run_kwargs(args: argparse.Namespace, defaults: dict | None = None) -> dict:
         env_all=bool(given("env_all")), hostname=given("hostname"),
         timeout=given("timeout"), runsc=given("runsc"),
         network=args.network, ip=args.ip, peer=args.peer, netns=not args.no_netns,
-        nat=not args.no_nat, dns=args.dns or None)
+        nat=not args.no_nat, dns=args.dns or None,
+        hide=[*defaults.get("hide", []), *args.hide] or None,
+        memory=given("memory"), cpus=given("cpus"), pids=given("pids"))
 
 # How the magic presents a result; the CLI has its own equivalents.
 MAGIC_OUTPUT_OPTIONS = (
@@ -121,6 +135,15 @@ def magic_line(config: "SandboxConfig") -> str:
         add("--timeout", f"{config.timeout:g}")
     if config.runsc:
         add("--runsc", config.runsc)
+    for path in config.hide:
+        add("--hide", path)
+    if config.memory is not None:
+        add("--memory", f"{config.memory // (1 << 20)}M" if config.memory % (1 << 20) == 0
+            else config.memory)
+    if config.cpus is not None:
+        add("--cpus", f"{config.cpus:g}")
+    if config.pids is not None:
+        add("--pids", config.pids)
     if config.ip:
         interface = config.address
         prefix = "" if interface.network.prefixlen == DEFAULT_PREFIX else \

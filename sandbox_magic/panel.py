@@ -27,16 +27,20 @@ from .runner import preview_spec, run_config
 from .streams import BoundedWriter
 
 # The form's fields, in the order they appear, by run() keyword.
-TEXT_FIELDS = ("root", "cwd", "hostname", "timeout", "runsc", "ip", "peer", "dns", "session")
+TEXT_FIELDS = ("root", "cwd", "hostname", "timeout", "runsc", "ip", "peer", "dns", "session",
+               "memory", "cpus", "pids", "hide")
 PLACEHOLDERS = {
     "root": "/", "cwd": "the kernel's current directory", "hostname": "the host's",
     "timeout": "seconds (none)", "runsc": "runsc on PATH", "ip": "e.g. 10.0.0.2",
     "peer": "last octet + 1", "dns": "the host's nameservers (comma-separated)",
     "session": "none: a fresh sandbox (see %sandbox start)",
+    "memory": "e.g. 512M (no limit)", "cpus": "e.g. 0.5 (no limit)", "pids": "e.g. 64 (no limit)",
+    "hide": "paths that appear empty (comma-separated)",
 }
 LABELS = {
     "root": "Root", "cwd": "Working dir", "hostname": "Hostname", "timeout": "Timeout",
     "runsc": "runsc", "ip": "IP address", "peer": "Peer", "dns": "DNS", "session": "Session",
+    "memory": "Memory", "cpus": "CPUs", "pids": "Processes", "hide": "Hide",
     "env": "Environment", "env_all": "All env", "network": "Network", "prefix": "Prefix",
     "nat": "NAT", "netns": "Own netns",
 }
@@ -142,15 +146,18 @@ class SandboxPanel(widgets.VBox):
             self._row("runsc", self.fields["runsc"]),
             self._row("session", self.fields["session"]),
         ])
+        limits = widgets.VBox([self._row(name, self.fields[name])
+                               for name in ("memory", "cpus", "pids", "hide")])
         net = widgets.VBox([
             self._row("network", self.network),
             self._row("ip", self.fields["ip"], widgets.Label("/"), self.prefix),
             self._row("peer", self.fields["peer"]), self._row("nat", self.nat),
             self._row("netns", self.netns), self._row("dns", self.fields["dns"]),
         ])
-        options = widgets.Tab([sandbox, net])
+        options = widgets.Tab([sandbox, net, limits])
         options.set_title(0, "Sandbox")
         options.set_title(1, "Network")
+        options.set_title(2, "Limits & secrets")
         previews = widgets.Accordion([widgets.VBox([self.line_preview]), self.spec_preview])
         previews.set_title(0, "Equivalent %%sandbox line")
         previews.set_title(1, "OCI config.json")
@@ -202,8 +209,8 @@ class SandboxPanel(widgets.VBox):
             self.prefix.value = int(prefix) if prefix.isdigit() else DEFAULT_PREFIX
             if value and self.network.value == "none":
                 self.network.value = "sandbox"
-        elif name == "dns":
-            self.fields["dns"].value = ", ".join([value] if isinstance(value, str) else value or [])
+        elif name in ("dns", "hide"):
+            self.fields[name].value = ", ".join([value] if isinstance(value, str) else value or [])
         elif name == "network":
             self.network.value = value or "none"
         elif name in ("env_all", "nat", "netns"):
@@ -229,7 +236,9 @@ class SandboxPanel(widgets.VBox):
             ip=f"{ip}/{self.prefix.value}" if ip else None,
             peer=text["peer"] if ip else None, nat=self.nat.value if ip else True,
             netns=self.netns.value,
-            dns=[s.strip() for s in (text["dns"] or "").split(",") if s.strip()] if ip else None)
+            dns=[s.strip() for s in (text["dns"] or "").split(",") if s.strip()] if ip else None,
+            memory=text["memory"], cpus=text["cpus"], pids=text["pids"],
+            hide=[p.strip() for p in (text["hide"] or "").split(",") if p.strip()] or None)
 
     def refresh(self) -> None:
         """Validate the form with make_config() and update messages, previews and Run."""

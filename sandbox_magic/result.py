@@ -70,6 +70,7 @@ class SandboxResult:
     platform: str = ""             # runsc's platform (systrap, ptrace)
     session: str | None = None     # the session it ran in, if any
     warm: bool = False             # served by a standby sandbox booted ahead of time
+    limit_hit: str | None = None   # "memory" when the memory limit ended it
 
     @property
     def stdout(self) -> str:
@@ -110,6 +111,9 @@ class SandboxResult:
             how = (f"killed by signal {self.signal} ({self.signal_name})"
                    if self.signal is not None else f"exit status {self.exit_code}")
             return f"stopped ({how})"
+        if self.limit_hit == "memory":
+            return (f"killed by signal {self.signal} ({self.signal_name}): the memory limit "
+                    f"({self.config.memory / (1 << 20):g} MiB) was reached")
         if self.signal is not None:
             return f"killed by signal {self.signal} ({self.signal_name})"
         return f"exited with status {self.exit_code}"

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
 
 from . import ledger, network, streams
-from .config import SandboxConfig, make_config, sandbox_environment
+from .config import SandboxConfig, default_hidden, make_config, sandbox_environment
 from .errors import SandboxConfigError, SandboxError
 from .result import (NetworkInfo, SandboxResult, StreamOutput, decode_wait_status,
                      parse_runsc_log)
-from .runsc import Container, Runsc, locate
+from .runsc import Container, Runsc, locate, peak_memory
 from .spec import SCRIPT_PATH, build_spec, script_command, script_file_text
 from .standby import STANDBYS
 
@@ -36,6 +36,7 @@ POLL_SECONDS = 0.1       # the longest the main thread blocks: SIGINT is seen wi
 READ_SIZE = 1 << 16
 INTERRUPT_GRACE = 0.5    # SIGINT to the script, then SIGKILL after this long
 DRAIN_SECONDS = 2.0      # how long to collect output still in flight after a stop
+TICK = 0.05             # how often on_tick runs (memory sampling)
 ORPHAN_GRACE = 2.0       # runsc exited but something still holds the pipes open: give up
 
 
@@ -44,6 +45,8 @@ def run(script: str, *, root: str = "/", cwd: str | None = None,
         hostname: str | None = None, timeout: float | None = None, runsc: str | None = None,
         network: str | None = None, ip: str | None = None, peer: str | None = None,
         netns: bool = True, nat: bool = True, dns: Iterable[str] | None = None,
+        hide: Iterable[str] | None = None, memory: int | str | None = None,
+        cpus: float | None = None, pids: int | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         stop: threading.Event | None = None, standby: bool = True) -> SandboxResult:
@@ -60,7 +63,8 @@ def run(script: str, *, root: str = "/", cwd: str | None = None,
     """
     config = make_config(script, root=root, cwd=cwd, env=env, env_all=env_all,
                          hostname=hostname, timeout=timeout, runsc=runsc, network=network,
-                         ip=ip, peer=peer, netns=netns, nat=nat, dns=dns)
+                         ip=ip, peer=peer, netns=netns, nat=nat, dns=dns, hide=hide,
+                         memory=memory, cpus=cpus, pids=pids)
     return run_config(config, on_stdout=on_stdout, on_stderr=on_stderr, stop=stop,
                       standby=standby)
 
@@ -85,10 +89,14 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
         outputs = streams.output_dir(state, sandbox.container_id)
         sandbox.teardown.push(
             lambda error, *_: error is not None and streams.remove_output_dir(outputs))
+        memory = MemoryWatch(sandbox.container_id) if config.memory else None
         stdout, stderr, timed_out, stopped = follow(sandbox.container, outputs, deadline, stop,
-                                                    on_stdout, on_stderr)
+                                                    on_stdout, on_stderr,
+                                                    on_tick=memory and memory.poll)
         exit_code, signal_number = wait_status(binary, sandbox.log_file,
                                                sandbox.container.process, stderr.text())
+    limit_hit = ("memory" if memory and signal_number == signal.SIGKILL and not timed_out
+                 and not stopped and memory.reached(config.memory) else None)
     if standby:
         STANDBYS.prepare(key, lambda: boot(config, binary, environment, state, rootless,
                                            waiter=True))
@@ -99,7 +107,7 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
         spec=with_args(sandbox.spec, script_command(config.script)),
         container_id=sandbox.container_id, runsc_version=binary.version,
         network=network_info(sandbox.plan), started=started_at, platform=binary.platform,
-        warm=warm is not None)
+        warm=warm is not None, limit_hit=limit_hit)
     weakref.finalize(result, streams.remove_output_dir, outputs)
     return result
 
@@ -171,6 +179,7 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
         write_etc_files(run_dir, plan)
         spec = spec_for(config, binary, environment, run_dir.path, plan)
         os.mkdir(run_dir.file("cells"), 0o755)
+        open(run_dir.file(EMPTY_FILE), "w").close()
         if not waiter and init is None:
             write_script(os.path.join(run_dir.file("cells"), "cell"), config.script)
         launch = spec if not (waiter or init) else with_args(spec, init or WAITER)
@@ -180,7 +189,7 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
                               container_id=run_dir.container_id, rootless=rootless)
         stack.callback(deferring_interrupts(container.remove), state, run_dir.path)
         process = container.start(
-            run_dir.file("runsc.log"), network=plan.mode,
+            run_dir.file("runsc.log"), network=plan.mode, cgroups=config.limited,
             private_proc_sys_net=plan.mode == "sandbox"
             and binary.needs_proc_sys_net_workaround(os.uname().release))
         if not (waiter or init):
@@ -212,9 +221,26 @@ def standby_key(config: SandboxConfig, binary: Runsc, environment: Mapping[str, 
             binary.path, binary.version, rootless)
 
 
+class MemoryWatch:
+    """The peak memory of a run's cgroup, sampled while it runs: when the limit is
+    hit the sandbox is killed (SIGKILL) and its cgroup goes with it, so the only
+    evidence is what was seen before."""
+
+    def __init__(self, cgroup: str) -> None:
+        self.cgroup = cgroup
+        self.peak = 0
+
+    def poll(self) -> None:
+        self.peak = max(self.peak, peak_memory(self.cgroup) or 0)
+
+    def reached(self, limit: int) -> bool:
+        return self.peak >= 0.9 * limit
+
+
 def follow(container: Container, outputs: str, deadline: float | None,
            stop: threading.Event | None, on_stdout: OutputCallback | None,
-           on_stderr: OutputCallback | None) -> tuple[Capture, Capture, bool, bool]:
+           on_stderr: OutputCallback | None,
+           on_tick: Callable[[], None] | None = None) -> tuple[Capture, Capture, bool, bool]:
     """Stream the sandbox's output until it ends. At the deadline kill it; when
     `stop` is set, or on SIGINT, stop it (SIGINT inside, then SIGKILL). A SIGINT
     is re-raised once the sandbox is gone and its last output collected.
@@ -224,7 +250,7 @@ def follow(container: Container, outputs: str, deadline: float | None,
     stderr = Capture(os.path.join(outputs, "stderr"), on_stderr)
     pipes = {process.stdout: stdout, process.stderr: stderr}
     try:
-        timed_out, stopped = pump(process, pipes, deadline, stop, container.stop)
+        timed_out, stopped = pump(process, pipes, deadline, stop, container.stop, on_tick)
         wait_in_slices(process)
     except KeyboardInterrupt:
         with interrupts_deferred():
@@ -310,7 +336,25 @@ def spec_for(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str
     return build_spec(config, environment=environment,
                       script_source=os.path.join(run_path, "cells"),
                       capabilities=binary.capabilities, network_namespace=plan.namespace_path,
-                      etc_files=etc_sources(run_path, plan))
+                      etc_files=etc_sources(run_path, plan),
+                      hidden=hidden_paths(config, run_path),
+                      cgroup_name=os.path.basename(run_path))
+
+
+EMPTY_FILE = "empty"   # in the run dir: bind-mounted over hidden files
+
+
+def hidden_paths(config: SandboxConfig, run_path: str) -> dict[str, str]:
+    """{path inside the sandbox: "dir" or the empty file to mount over it} for the
+    default hidden paths and --hide, those that exist under the root."""
+    hidden = {}
+    for path in (*default_hidden(), *config.hide):
+        host_path = os.path.join(config.root, path.lstrip("/"))
+        if os.path.isdir(host_path):
+            hidden[path] = "dir"
+        elif os.path.lexists(host_path):
+            hidden[path] = os.path.join(run_path, EMPTY_FILE)
+    return hidden
 
 
 def preview_spec(config: SandboxConfig) -> dict:
@@ -356,7 +400,8 @@ class Capture(streams.StreamCapture):
 
 
 def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
-         stop: threading.Event | None, stop_sandbox: Callable[[float], None]) -> tuple[bool, bool]:
+         stop: threading.Event | None, stop_sandbox: Callable[[float], None],
+         on_tick: Callable[[], None] | None = None) -> tuple[bool, bool]:
     """Forward output until both pipes close. Past the deadline, kill the sandbox
     at once; when `stop` is set, stop it gracefully. Blocks at most POLL_SECONDS
     at a time so that a SIGINT is seen promptly. Returns (timed_out, stopped)."""
@@ -384,8 +429,10 @@ def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
                     stop_sandbox(0)
                     continue
                 wait = min(wait, remaining)
-            for key, _ in selector.select(wait):
+            for key, _ in selector.select(wait if on_tick is None else min(wait, TICK)):
                 read_into(selector, key)
+            if on_tick is not None:
+                on_tick()
     return timed_out, stopped
 
 

@@ -62,15 +62,15 @@ class Runsc:
         return kernel_version(kernel_release) >= PER_NETNS_RMEM_KERNEL
 
     def global_args(self, *, state_dir: str, log_file: str, rootless: bool,
-                    network: str = "none") -> list[str]:
+                    network: str = "none", cgroups: bool = False) -> list[str]:
         """Flags before the subcommand."""
         args = [self.path, f"--root={state_dir}", f"--network={network}"]
         if rootless:
             args.append("--rootless")
-        # No resource limits are asked for, so no cgroup is needed. Without this
-        # flag runsc makes a cgroup per container (/<id> in every controller),
-        # which a killed run leaves behind, and spends ~40 ms doing it.
-        if "ignore-cgroups" in self.flags:
+        # Without resource limits no cgroup is needed. Without this flag runsc
+        # makes a cgroup per container (/<id> in every controller), which a killed
+        # run leaves behind, and spends ~40 ms doing it.
+        if not cgroups and "ignore-cgroups" in self.flags:
             args.append("--ignore-cgroups")
         # Pass the overlay explicitly: the default changed to root:self in 2023,
         # which the 2022 build rejects; root:memory works in every version.
@@ -150,10 +150,10 @@ class Container:
         self.rootless = rootless
         self.process: subprocess.Popen | None = None
 
-    def start(self, log_file: str, network: str = "none",
+    def start(self, log_file: str, network: str = "none", cgroups: bool = False,
               private_proc_sys_net: bool = False) -> subprocess.Popen:
         cmd = self.binary.global_args(state_dir=self.state_dir, log_file=log_file,
-                                      rootless=self.rootless, network=network)
+                                      rootless=self.rootless, network=network, cgroups=cgroups)
         cmd += ["run", f"--bundle={self.bundle}", self.container_id]
         try:
             self.process = subprocess.Popen(
@@ -207,9 +207,37 @@ class Container:
         # A runsc killed before it could clean up leaves its sandbox and gofer behind.
         for pid in processes_of(marker):
             kill_process(pid)
+        remove_cgroups(self.container_id)
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr) \
                 if self.process else ():
             pipe.close()
+
+
+def cgroup_dirs(name: str) -> list[str]:
+    """The run's cgroup directories (cgroup v1: one per controller; v2: one)."""
+    import glob
+    return glob.glob(f"/sys/fs/cgroup/*/{name}") + glob.glob(f"/sys/fs/cgroup/{name}")
+
+
+def remove_cgroups(name: str) -> None:
+    """What a killed or failed runsc left of the run's cgroup (DESIGN.md §3)."""
+    for path in cgroup_dirs(name):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def peak_memory(name: str) -> int | None:
+    """The highest memory use the run's cgroup has seen, while it exists."""
+    for path in (f"/sys/fs/cgroup/memory/{name}/memory.max_usage_in_bytes",
+                 f"/sys/fs/cgroup/{name}/memory.peak"):
+        try:
+            with open(path) as fh:
+                return int(fh.read())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def kernel_version(release: str) -> tuple[int, int]:

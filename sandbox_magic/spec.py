@@ -30,6 +30,9 @@ CAPABILITIES_38 = (
     "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
     "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
 )
+UNLIMITED_BY_NPROC = ("CAP_SYS_ADMIN", "CAP_SYS_RESOURCE")
+CPU_PERIOD = 100_000   # microseconds
+
 # Kernel 5.8/5.9 additions; runsc releases before 2023-03 refuse the whole spec
 # when they appear (gVisor issue #8529), so runsc.py decides which list to use.
 CAPABILITIES_41 = CAPABILITIES_38 + ("CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE")
@@ -38,16 +41,22 @@ CAPABILITIES_41 = CAPABILITIES_38 + ("CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_R
 def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
                script_source: str, capabilities: Sequence[str] = CAPABILITIES_38,
                network_namespace: str | None = None,
-               etc_files: Mapping[str, str] | None = None) -> dict:
+               etc_files: Mapping[str, str] | None = None,
+               hidden: Mapping[str, str] | None = None, cgroup_name: str = "") -> dict:
     """The OCI spec for `config`.
 
     `script_source` is the host directory holding the script (as `cell`); `network_namespace` the
     path of a prepared namespace to join (None: a new empty one, or none at all
     with --no-netns); `etc_files` maps /etc paths to host files bind-mounted
-    read-only over them.
+    read-only over them; `cgroup_name` names the run's own cgroup when there are
+    limits (a flat, tagged name so that teardown can remove it whole); `hidden` maps each path to hide to "dir" (an empty
+    read-only tmpfs goes over it) or to an empty host file (bind-mounted over it).
     """
     caps = list(capabilities)
-    return {
+    if config.pids is not None:
+        # gVisor does not apply RLIMIT_NPROC to tasks holding either of these.
+        caps = [cap for cap in caps if cap not in UNLIMITED_BY_NPROC]
+    spec = {
         "ociVersion": OCI_VERSION,
         # Not read-only: runsc's overlay takes the writes, and a read-only
         # root under --overlay2=root:memory makes every write fail.
@@ -63,14 +72,38 @@ def build_spec(config: SandboxConfig, *, environment: Mapping[str, str],
                              ("bounding", "effective", "inheritable", "permitted", "ambient")},
         },
         "mounts": [read_only_file(SCRIPT_DIR, script_source)] + [
-            read_only_file(dest, source) for dest, source in (etc_files or {}).items()],
+            read_only_file(dest, source) for dest, source in (etc_files or {}).items()] + [
+            hiding_mount(path, how) for path, how in (hidden or {}).items()],
         "linux": {"namespaces": namespaces(config, network_namespace)},
     }
+    if config.pids is not None:
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NPROC", "hard": config.pids,
+                                       "soft": config.pids}]
+    if config.limited:
+        spec["linux"]["resources"] = resources(config)
+        spec["linux"]["cgroupsPath"] = "/" + cgroup_name
+    return spec
+
+
+def resources(config: SandboxConfig) -> dict:
+    limits = {}
+    if config.memory is not None:
+        limits["memory"] = {"limit": config.memory}
+    if config.cpus is not None:
+        limits["cpu"] = {"quota": int(config.cpus * CPU_PERIOD), "period": CPU_PERIOD}
+    return limits
 
 
 def read_only_file(destination: str, source: str) -> dict:
     return {"destination": destination, "type": "bind", "source": source,
             "options": ["rbind", "ro"]}
+
+
+def hiding_mount(path: str, how: str) -> dict:
+    if how == "dir":
+        return {"destination": path, "type": "tmpfs", "source": "tmpfs",
+                "options": ["ro", "nosuid", "nodev", "noexec", "mode=755"]}
+    return read_only_file(path, how)
 
 
 def namespaces(config: SandboxConfig, network_namespace: str | None) -> list[dict]:

@@ -161,3 +161,16 @@ def test_panel_runs_in_a_session():
         result = panel.wait(60)
         assert result.stdout == "kept\n" and result.session == "pan"
         assert result.container_id == session.container_id
+
+
+def test_limits_and_hidden_paths_in_the_form():
+    panel = SandboxPanel(script="true")
+    panel.set(memory="lots")
+    assert panel.run_button.disabled and "--memory" in panel.messages["memory"].value
+    panel.set(memory="256M", cpus="0.5", pids="32", hide=["/srv/data"])
+    assert not panel.run_button.disabled
+    assert (panel.config.memory, panel.config.cpus, panel.config.pids, panel.config.hide) == (
+        256 << 20, 0.5, 32, ("/srv/data",))
+    assert "--memory 256M --cpus 0.5 --pids 32" in panel.magic_line
+    assert "--hide /srv/data" in panel.magic_line
+    assert panel.spec["linux"]["resources"]["memory"]["limit"] == 256 << 20
