@@ -202,16 +202,22 @@ def check_hostname(hostname: str | None) -> str:
 
 
 def check_timeout(timeout: float | str | None) -> float | None:
-    if timeout is None:
+    return check_number("timeout", timeout, 0, math.inf, "a positive number of seconds",
+                        "give e.g. --timeout 60, or leave it out for no limit")
+
+
+def check_number(field: str, value: float | str | None, above: float, at_most: float,
+                 what: str, fix: str) -> float | None:
+    """A finite number in (above, at_most], from a number or its text; None stays None."""
+    if value is None:
         return None
     try:
-        seconds = float(timeout)
+        number = float(value)
     except (TypeError, ValueError):
-        seconds = math.nan
-    if isinstance(timeout, bool) or not math.isfinite(seconds) or seconds <= 0:
-        raise SandboxConfigError("timeout", f"{timeout!r} is not a positive number of seconds",
-                                 "give e.g. --timeout 60, or leave it out for no limit")
-    return seconds
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or not above < number <= at_most:
+        raise SandboxConfigError(field, f"{value!r} is not {what}", fix)
+    return number
 
 
 def check_runsc(runsc: str | None) -> str | None:
@@ -435,16 +441,8 @@ def check_memory(memory: int | str | None) -> int | None:
 
 
 def check_cpus(cpus: float | str | None) -> float | None:
-    if cpus is None:
-        return None
-    try:
-        value = float(cpus)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(cpus, bool) or not math.isfinite(value) or not 0.01 <= value <= 1024:
-        raise SandboxConfigError("cpus", f"{cpus!r} is not a number of CPUs",
-                                 "give e.g. --cpus 0.5 or --cpus 2")
-    return value
+    return check_number("cpus", cpus, 0.0099, 1024, "a number of CPUs (0.01 to 1024)",
+                        "give e.g. --cpus 0.5 or --cpus 2")
 
 
 def check_pids(pids: int | str | None) -> int | None:
