@@ -159,6 +159,7 @@ def check_env(env: Mapping[str, str] | Iterable[str] | None) -> tuple[tuple[str,
         return ()
     if isinstance(env, str):
         env = [env]
+    check_collection("env", env, "-e NAME=VALUE items, e.g. -e DATA_DIR=/data")
     items = env.items() if isinstance(env, Mapping) else (split_env_item(item) for item in env)
     pairs = []
     for name, value in items:
@@ -170,6 +171,12 @@ def check_env(env: Mapping[str, str] | Iterable[str] | None) -> tuple[tuple[str,
             raise SandboxConfigError("env", f"the value of {name} must be text without NUL bytes")
         pairs.append((name, value))
     return tuple(pairs)
+
+
+def check_collection(field: str, value: object, what: str) -> None:
+    """A list-like of items (a mapping, for env); not a single number or flag."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Mapping, Iterable)):
+        raise SandboxConfigError(field, f"expected a list, got {value!r}", f"give {what}")
 
 
 def split_env_item(item: object) -> tuple[str, str]:
@@ -382,9 +389,13 @@ def check_peer(peer: str | None, interface: ipaddress.IPv4Interface) -> ipaddres
 def check_dns(dns: Iterable[str] | None) -> tuple[str, ...]:
     if dns is None:
         return ()
+    if not isinstance(dns, str):
+        check_collection("dns", dns, "nameserver addresses, e.g. --dns 1.1.1.1")
     servers = [dns] if isinstance(dns, str) else list(dns)
     for server in servers:
         try:
+            if not isinstance(server, str):
+                raise ValueError(server)
             ipaddress.ip_address(server)
         except ValueError:
             raise SandboxConfigError("dns", f"{server!r} is not an IP address",
@@ -396,6 +407,8 @@ def check_hide(hide: Iterable[str] | None) -> tuple[str, ...]:
     """Paths to hide: absolute (relative ones start from the kernel's directory), not /."""
     if hide is None:
         return ()
+    if not isinstance(hide, str):
+        check_collection("hide", hide, "paths, e.g. --hide ~/.ssh")
     paths = []
     for path in [hide] if isinstance(hide, str) else hide:
         if not isinstance(path, str) or not path or "\0" in path:

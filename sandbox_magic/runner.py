@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import selectors
@@ -79,6 +80,26 @@ def run_config(config: SandboxConfig, *, on_stdout: OutputCallback | None = None
     state = ledger.state_root()
     started = time.monotonic()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    with disk_errors_named(state):
+        return run_prepared(config, binary, environment, rootless, state, started, started_at,
+                            on_stdout, on_stderr, stop, standby)
+
+
+@contextlib.contextmanager
+def disk_errors_named(state: str):
+    """A full disk under the state root is the user's to fix: say where and how."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise SandboxError(f"no space left under the state root {state} ({exc.strerror}); "
+                           f"free space there, or set {ledger.STATE_ENV} to a directory with "
+                           "room") from exc
+
+
+def run_prepared(config, binary, environment, rootless, state, started, started_at,
+                 on_stdout, on_stderr, stop, standby) -> SandboxResult:
     key = standby_key(config, binary, environment, rootless)
     warm = STANDBYS.take(key) if standby else STANDBYS.discard()
     sandbox = warm or boot(config, binary, environment, state, rootless, waiter=False)
