@@ -139,14 +139,18 @@ def read_owner(run: RunDir) -> dict | None:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The start time of a process in clock ticks since boot (tells reused pids apart)."""
+    """The start time of a live process in clock ticks since boot (tells reused pids
+    apart); None if it is gone or a zombie (killed, not yet reaped by its parent)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             text = fh.read()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return int(text.rsplit(")", 1)[1].split()[19])
+    # The command name (field 2) may contain spaces: split after its ')'.
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
 
 
 def owner_alive(owner: dict | None) -> bool:

@@ -66,23 +66,8 @@ def wait_for_no_leftovers(seconds: float = 3.0) -> list[str]:
 
 
 def force_clean(found: list[str]) -> None:
-    state = ledger.state_root()
-    for pid in ledger.processes_of(ledger.runsc_root(state)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for name in ledger.container_state_entries(state):
-        if name.endswith(".state"):
-            cid = name.split("_", 1)[0]
-            subprocess.run([backports_runsc(), f"--root={ledger.runsc_root(state)}", "delete",
-                            "--force", cid], capture_output=True)
-    for run in ledger.list_runs(state):
-        shutil.rmtree(run.path, ignore_errors=True)
-    for name in ledger.container_state_entries(state):
-        path = os.path.join(ledger.runsc_root(state), name)
-        if os.path.exists(path):
-            os.unlink(path)
+    """Remove everything of ours, so that one test's leak does not fail the next."""
+    ledger.cleanup(everything=True)
 
 
 @pytest.fixture(autouse=True)

@@ -63,3 +63,28 @@ def test_full_disk_under_the_state_root(tiny_state):
     assert os.listdir(tiny_state / "runs") == []
     small = run("echo fits", standby=False)   # once the big output is gone, cells run again
     assert small.stdout == "fits\n"
+
+
+def test_kernel_killed_mid_cell_then_cleanup(kernel):
+    """A real kernel running a network cell is SIGKILLed: its sandbox, network and files
+    outlive it until `sandbox-magic cleanup`, which removes them all."""
+    import sys
+    manager, client = kernel
+    killed = []
+
+    def kill_kernel_when_started(message):
+        if not killed and message["msg_type"] == "stream" and \
+                "started" in message["content"]["text"]:
+            killed.append(True)
+            os.kill(manager.provisioner.process.pid, signal.SIGKILL)
+
+    with pytest.raises(TimeoutError):   # no reply ever comes: the kernel is dead
+        client.execute_interactive("%%sandbox --ip 10.213.131.2\necho started\nsleep 60",
+                                   timeout=15, output_hook=kill_kernel_when_started)
+    assert killed
+    time.sleep(0.5)
+    assert any(item.startswith("netns") for item in ledger.leftovers())
+    done = subprocess.run([sys.executable, "-m", "sandbox_magic", "cleanup"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "removed run sbx-" in done.stdout
+    assert ledger.leftovers() == []

@@ -122,3 +122,29 @@ def test_env_filter_against_jupyter_and_hub_variables(monkeypatch):
     seen = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert seen["HARMLESS"] == "yes"
     assert not set(JUPYTER_ENV) & set(seen)
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "host"])
+def test_host_loopback_services_are_out_of_reach_with_ip(mode):
+    """A server on the host's 127.0.0.1 (as the Jupyter server and the kernel's ports
+    are) cannot be reached from a sandbox with --ip: its loopback is its own."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    try:
+        result = run(f"""#!/usr/bin/env python3
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3)
+    print("reached")
+except OSError as exc:
+    print("refused", exc.errno)""", ip="10.213.130.2", network=mode, standby=False)
+        assert result.stdout.startswith("refused"), result.stdout
+        assert not accepted
+    finally:
+        server.close()
