@@ -27,7 +27,7 @@ from .config import SandboxConfig, default_hidden, make_config, sandbox_environm
 from .errors import SandboxConfigError, SandboxError
 from .result import (NetworkInfo, SandboxResult, StreamOutput, decode_wait_status,
                      parse_runsc_log)
-from .runsc import Container, Runsc, locate, peak_memory
+from .runsc import Container, Runsc, locate, oom_kills, precreate_memory_cgroup
 from .spec import SCRIPT_PATH, build_spec, script_command, script_file_text
 from .standby import STANDBYS
 
@@ -37,7 +37,6 @@ POLL_SECONDS = 0.1       # the longest the main thread blocks: SIGINT is seen wi
 READ_SIZE = 1 << 16
 INTERRUPT_GRACE = 0.5    # SIGINT to the script, then SIGKILL after this long
 DRAIN_SECONDS = 2.0      # how long to collect output still in flight after a stop
-TICK = 0.05             # how often on_tick runs (memory sampling)
 ORPHAN_GRACE = 2.0       # runsc exited but something still holds the pipes open: give up
 
 
@@ -110,14 +109,13 @@ def run_prepared(config, binary, environment, rootless, state, started, started_
         outputs = streams.output_dir(state, sandbox.container_id)
         sandbox.teardown.push(
             lambda error, *_: error is not None and streams.remove_output_dir(outputs))
-        memory = MemoryWatch(sandbox.container_id) if config.memory else None
         stdout, stderr, timed_out, stopped = follow(sandbox.container, outputs, deadline, stop,
-                                                    on_stdout, on_stderr,
-                                                    on_tick=memory and memory.poll)
+                                                    on_stdout, on_stderr)
         exit_code, signal_number = wait_status(binary, sandbox.log_file,
                                                sandbox.container.process, stderr.text())
-    limit_hit = ("memory" if memory and signal_number == signal.SIGKILL and not timed_out
-                 and not stopped and memory.reached(config.memory) else None)
+        # Read before teardown removes the cgroup: did the memory limit kill it?
+        limit_hit = ("memory" if config.memory and signal_number == signal.SIGKILL
+                     and oom_kills(sandbox.container_id) else None)
     if standby:
         STANDBYS.prepare(key, lambda: boot(config, binary, environment, state, rootless,
                                            waiter=True))
@@ -209,6 +207,8 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
         container = Container(binary, state_dir=ledger.runsc_root(state), bundle=run_dir.path,
                               container_id=run_dir.container_id, rootless=rootless)
         stack.callback(deferring_interrupts(container.remove), state, run_dir.path)
+        if config.memory is not None:
+            precreate_memory_cgroup(run_dir.container_id, config.memory)
         process = container.start(
             run_dir.file("runsc.log"), network=plan.mode, cgroups=config.limited,
             private_proc_sys_net=plan.mode == "sandbox"
@@ -242,26 +242,9 @@ def standby_key(config: SandboxConfig, binary: Runsc, environment: Mapping[str, 
             binary.path, binary.version, rootless)
 
 
-class MemoryWatch:
-    """The peak memory of a run's cgroup, sampled while it runs: when the limit is
-    hit the sandbox is killed (SIGKILL) and its cgroup goes with it, so the only
-    evidence is what was seen before."""
-
-    def __init__(self, cgroup: str) -> None:
-        self.cgroup = cgroup
-        self.peak = 0
-
-    def poll(self) -> None:
-        self.peak = max(self.peak, peak_memory(self.cgroup) or 0)
-
-    def reached(self, limit: int) -> bool:
-        return self.peak >= 0.9 * limit
-
-
 def follow(container: Container, outputs: str, deadline: float | None,
            stop: threading.Event | None, on_stdout: OutputCallback | None,
-           on_stderr: OutputCallback | None,
-           on_tick: Callable[[], None] | None = None) -> tuple[Capture, Capture, bool, bool]:
+           on_stderr: OutputCallback | None) -> tuple[Capture, Capture, bool, bool]:
     """Stream the sandbox's output until it ends. At the deadline kill it; when
     `stop` is set, or on SIGINT, stop it (SIGINT inside, then SIGKILL). A SIGINT
     is re-raised once the sandbox is gone and its last output collected.
@@ -271,7 +254,7 @@ def follow(container: Container, outputs: str, deadline: float | None,
     stderr = Capture(os.path.join(outputs, "stderr"), on_stderr)
     pipes = {process.stdout: stdout, process.stderr: stderr}
     try:
-        timed_out, stopped = pump(process, pipes, deadline, stop, container.stop, on_tick)
+        timed_out, stopped = pump(process, pipes, deadline, stop, container.stop)
         wait_in_slices(process)
     except KeyboardInterrupt:
         with interrupts_deferred():
@@ -350,6 +333,11 @@ def check_privileges(config: SandboxConfig, rootless: bool) -> None:
                                  "(CAP_NET_ADMIN and CAP_SYS_ADMIN)",
                                  "run the kernel as root, or use --network host --no-netns "
                                  "(the host's network), or no network")
+    if rootless and config.limited:
+        field = "memory" if config.memory is not None else "cpus"
+        raise SandboxConfigError(field, "memory and CPU limits need a cgroup, which needs root",
+                                 "run the kernel as root, or leave the limit out (--pids "
+                                 "works without root)")
 
 
 def spec_for(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str],
@@ -421,8 +409,7 @@ class Capture(streams.StreamCapture):
 
 
 def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
-         stop: threading.Event | None, stop_sandbox: Callable[[float], None],
-         on_tick: Callable[[], None] | None = None) -> tuple[bool, bool]:
+         stop: threading.Event | None, stop_sandbox: Callable[[float], None]) -> tuple[bool, bool]:
     """Forward output until both pipes close. Past the deadline, kill the sandbox
     at once; when `stop` is set, stop it gracefully. Blocks at most POLL_SECONDS
     at a time so that a SIGINT is seen promptly. Returns (timed_out, stopped)."""
@@ -450,10 +437,8 @@ def pump(process: subprocess.Popen, streams: dict, deadline: float | None,
                     stop_sandbox(0)
                     continue
                 wait = min(wait, remaining)
-            for key, _ in selector.select(wait if on_tick is None else min(wait, TICK)):
+            for key, _ in selector.select(wait):
                 read_into(selector, key)
-            if on_tick is not None:
-                on_tick()
     return timed_out, stopped
 
 

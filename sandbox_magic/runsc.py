@@ -228,13 +228,32 @@ def remove_cgroups(name: str) -> None:
             pass
 
 
-def peak_memory(name: str) -> int | None:
-    """The highest memory use the run's cgroup has seen, while it exists."""
-    for path in (f"/sys/fs/cgroup/memory/{name}/memory.max_usage_in_bytes",
-                 f"/sys/fs/cgroup/{name}/memory.peak"):
+MEMORY_CGROUP_V1 = "/sys/fs/cgroup/memory"
+
+
+def precreate_memory_cgroup(name: str, limit: int) -> None:
+    """Make the run's memory cgroup ourselves (cgroup v1), limit included. runsc
+    joins a cgroup that exists instead of making one, and then leaves it in place
+    when the sandbox ends: so that oom_kills() can still tell, afterwards, whether
+    the limit killed it. Container.remove() deletes it."""
+    if not os.path.isdir(MEMORY_CGROUP_V1):
+        return   # cgroup v2: runsc makes and removes the cgroup; the reason is not known
+    path = os.path.join(MEMORY_CGROUP_V1, name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "memory.limit_in_bytes"), "w") as fh:
+        fh.write(str(limit))
+
+
+def oom_kills(name: str) -> int | None:
+    """How many processes the memory limit of the run's cgroup killed (None: unknown)."""
+    for path in (os.path.join(MEMORY_CGROUP_V1, name, "memory.oom_control"),
+                 f"/sys/fs/cgroup/{name}/memory.events"):
         try:
             with open(path) as fh:
-                return int(fh.read())
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
         except (OSError, ValueError):
             continue
     return None

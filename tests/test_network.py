@@ -217,6 +217,9 @@ def test_rootless_network_needs_root_message():
     from sandbox_magic import make_config
     with pytest.raises(SandboxConfigError, match="needs root"):
         check_privileges(make_config("true", ip="10.213.32.2"), rootless=True)
+    with pytest.raises(SandboxConfigError, match="--memory: .*need a cgroup, which needs root"):
+        check_privileges(make_config("true", memory="1G"), rootless=True)
+    check_privileges(make_config("true", pids=10), rootless=True)   # an rlimit: no root needed
 
 
 OWNER = """
