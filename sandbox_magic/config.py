@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+import shutil
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -234,7 +235,12 @@ def check_runsc(runsc: str | None) -> str | None:
     if not isinstance(runsc, str) or not runsc:
         raise SandboxConfigError("runsc", f"expected a path to the runsc binary, got {runsc!r}")
     if os.sep not in runsc:
-        return runsc  # a bare name is looked up on PATH when the run starts
+        found = shutil.which(runsc)
+        if found is None:
+            raise SandboxConfigError("runsc", f"{runsc!r} is not found on PATH",
+                                     "give the path of a runsc binary, or leave --runsc out "
+                                     "to use the configured one or runsc on PATH")
+        return found
     path = os.path.abspath(runsc)
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise SandboxConfigError("runsc", f"{runsc} is not an executable file",
