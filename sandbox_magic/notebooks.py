@@ -37,12 +37,9 @@ def output_text(output: nbformat.NotebookNode) -> str:
 
 def summarize(notebook: nbformat.NotebookNode) -> str:
     """Each code cell's source and outputs, as plain text."""
+    from .records import code_cells
     lines = []
-    number = 0
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        number += 1
+    for number, cell in code_cells(notebook):
         lines.append(f"\n── cell {number} " + "─" * 50)
         lines += [f"  {line}" for line in cell.source.splitlines()]
         text = "".join(output_text(o) for o in cell.get("outputs", []))

@@ -83,14 +83,16 @@ class RunRecord:
                              f'font-size:smaller">{html.escape(text)}</div>'}
 
 
+def code_cells(notebook):
+    """(number, counting code cells from 1, cell) for each code cell of a notebook."""
+    cells = (cell for cell in notebook.cells if cell.cell_type == "code")
+    return enumerate(cells, start=1)
+
+
 def records_in(notebook) -> list[tuple[int, dict]]:
     """(code cell number, counting from 1, record) for every record in an nbformat notebook."""
     found = []
-    number = 0
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        number += 1
+    for number, cell in code_cells(notebook):
         for output in cell.get("outputs", []):
             data = output.get("data", {}) if output.get("output_type") in (
                 "display_data", "execute_result") else {}
