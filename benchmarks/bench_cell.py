@@ -29,7 +29,8 @@ def runsc_do(runsc: str) -> None:
 
 
 def sandbox_run(runsc: str) -> None:
-    result = sandbox_magic.run("true", runsc=runsc)
+    # A fresh boot each time: a standby would serve the cell (see bench_fast.py for that).
+    result = sandbox_magic.run("true", runsc=runsc, standby=False)
     assert result.ok, result
 
 

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from .errors import SandboxConfigError
+from .errors import SandboxConfigError, option_name
 
 # Names whose value is probably a credential: never handed to a sandbox by default.
 SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL",
@@ -93,13 +93,9 @@ def make_config(script: str, *, root: str = "/", cwd: str | None = None,
     Raises SandboxConfigError naming the option and the fix. Reads the
     filesystem (does the root exist?) but creates nothing.
     """
-    if not isinstance(script, str):
-        raise SandboxConfigError("script", f"expected the script as text, got {type(script).__name__}")
-    if "\0" in script:
-        raise SandboxConfigError("script", "contains a NUL byte", "remove it; a shell script is text")
     root = check_root(root)
     return SandboxConfig(
-        script=script,
+        script=check_script(script),
         root=root,
         cwd=check_cwd(cwd, root),
         env=check_env(env),
@@ -114,6 +110,14 @@ def make_config(script: str, *, root: str = "/", cwd: str | None = None,
         cpus=check_cpus(cpus),
         pids=check_pids(pids),
     )
+
+
+def check_script(script: str) -> str:
+    if not isinstance(script, str):
+        raise SandboxConfigError("script", f"expected the script as text, got {type(script).__name__}")
+    if "\0" in script:
+        raise SandboxConfigError("script", "contains a NUL byte", "remove it; a shell script is text")
+    return script
 
 
 def check_root(root: str) -> str:
@@ -311,10 +315,10 @@ def check_without_address(mode, peer, netns, nat, dns) -> dict:
     if not netns and mode != "host":
         raise SandboxConfigError("netns", "--no-netns is allowed only with --network host",
                                  "add --network host, or drop --no-netns")
-    for field, given in (("peer", peer is not None), ("dns", bool(dns)), ("nat", not nat)):
+    for option, given in (("peer", peer is not None), ("dns", bool(dns)), ("nat", not nat)):
         if given:
-            name = "--no-nat" if field == "nat" else f"--{field}"
-            raise SandboxConfigError(field, f"{name} applies only to a sandbox with --ip",
+            name = option_name(option)
+            raise SandboxConfigError(option, f"{name} applies only to a sandbox with --ip",
                                      f"add --ip ADDR, or drop {name}")
     return dict(network=mode or "none", ip=None, peer=None, netns=netns, nat=True, dns=())
 

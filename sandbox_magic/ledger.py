@@ -298,9 +298,8 @@ def cleanup(state: str | None = None, everything: bool = False) -> list[str]:
 
 def cleanup_run(run: RunDir, owner: dict, state: str) -> list[str]:
     from . import network
-    stop_container(state, run.container_id, owner.get("runsc"), bool(owner.get("rootless")))
-    for pid in processes_of(run.path):
-        kill(pid)
+    remove_container(state, run.container_id, run.path, owner.get("runsc"),
+                     bool(owner.get("rootless")))
     plan = read_json(run.file("network.json"))
     if plan:
         network.teardown(network.NetworkPlan.from_dict(plan), state)
@@ -308,30 +307,34 @@ def cleanup_run(run: RunDir, owner: dict, state: str) -> list[str]:
     return [f"run {run.container_id}"]
 
 
-def stop_container(state: str, container_id: str, runsc_path: str | None,
-                   rootless: bool) -> None:
-    from .runsc import locate
+def remove_container(state: str, container_id: str, marker: str, runsc_path: str | None,
+                     rootless: bool) -> None:
+    """What a run's own teardown does (runsc.Container.remove), for a run whose owner
+    is gone: runsc state, processes (found by `marker` in their command line), cgroups."""
+    from .runsc import Container, kill_process, locate, remove_cgroups
     try:
         binary = locate(runsc_path if runsc_path and os.path.exists(runsc_path) else None)
-    except Exception:
-        return  # no runsc at all: its processes are killed by command line instead
-    root = runsc_root(state)
-    binary.control(root, "kill", "--all", container_id, "KILL", rootless=rootless)
-    if container_has_state(state, container_id):
-        binary.control(root, "delete", "--force", container_id, rootless=rootless)
+    except Exception:  # no runsc at all: kill by command line, remove what is left
+        for pid in processes_of(marker):
+            kill_process(pid)
+        remove_cgroups(container_id)
+        return
+    Container(binary, state_dir=runsc_root(state), bundle=marker, container_id=container_id,
+              rootless=rootless).remove(state, marker)
 
 
 def remove_orphans(state: str) -> list[str]:
     """Tagged resources whose run directory is gone (only with everything=True)."""
     from . import network
+    from .runsc import kill_process
     removed = []
     for pid in processes_of(runsc_root(state)):
-        kill(pid)
+        kill_process(pid)
         removed.append(f"process {pid}")
     for name in container_state_entries(state):
         if name.endswith(".state"):
             container_id = name.split("_", 1)[0]
-            stop_container(state, container_id, None, os.geteuid() != 0)
+            remove_container(state, container_id, container_id, None, os.geteuid() != 0)
             removed.append(f"runsc state {container_id}")
     for path in container_cgroups():
         try:
@@ -342,10 +345,3 @@ def remove_orphans(state: str) -> list[str]:
     if os.geteuid() == 0:
         removed += network.remove_orphans(state)
     return removed
-
-
-def kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -344,14 +344,13 @@ def teardown(plan: NetworkPlan, state: str,
     if not plan.has_veth:
         return
     errors = []
-    for action in (delete_veth, delete_namespace, on_released and (lambda p, s: on_released()),
-                   remove_nat, release_forwarding_of):
-        if action is None:
-            continue
+    for action in (delete_veth, delete_namespace, remove_nat, release_forwarding_of):
         try:
             action(plan, state)
         except Exception as exc:  # keep going: later steps must still run
-            errors.append(f"{getattr(action, '__name__', 'step')}: {exc}")
+            errors.append(f"{action.__name__}: {exc}")
+        if action is delete_namespace and on_released is not None:
+            on_released()
     if errors:
         raise SandboxError("network teardown incomplete: " + "; ".join(errors))
 

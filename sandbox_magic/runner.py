@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from . import ledger, network, streams
 from .config import SandboxConfig, default_hidden, make_config, sandbox_environment
 from .errors import SandboxConfigError, SandboxError
-from .result import (NetworkInfo, SandboxResult, StreamOutput, decode_wait_status,
-                     parse_runsc_log)
+from .result import NetworkInfo, SandboxResult, decode_wait_status, parse_runsc_log
 from .runsc import Container, Runsc, locate, oom_kills, precreate_memory_cgroup
 from .spec import SCRIPT_PATH, build_spec, script_command, script_file_text
 from .standby import STANDBYS
@@ -100,35 +99,70 @@ def disk_errors_named(state: str):
 def run_prepared(config, binary, environment, rootless, state, started, started_at,
                  on_stdout, on_stderr, stop, standby) -> SandboxResult:
     key = standby_key(config, binary, environment, rootless)
-    warm = STANDBYS.take(key) if standby else STANDBYS.discard()
+    if standby:
+        warm = STANDBYS.take(key)
+    else:
+        STANDBYS.discard()
+        warm = None
     sandbox = warm or boot(config, binary, environment, state, rootless, waiter=False)
     with sandbox.teardown:
         if warm:
             warm.hand_over(config.script)
-        deadline = started + config.timeout if config.timeout else None
-        outputs = streams.output_dir(state, sandbox.container_id)
-        sandbox.teardown.push(
-            lambda error, *_: error is not None and streams.remove_output_dir(outputs))
-        stdout, stderr, timed_out, stopped = follow(sandbox.container, outputs, deadline, stop,
-                                                    on_stdout, on_stderr)
-        exit_code, signal_number = wait_status(binary, sandbox.log_file,
-                                               sandbox.container.process, stderr.text())
+        ended = watch(sandbox.container, binary, sandbox.log_file, state, sandbox.container_id,
+                      config, started, stop, on_stdout, on_stderr)
         # Read before teardown removes the cgroup: did the memory limit kill it?
-        limit_hit = ("memory" if config.memory and signal_number == signal.SIGKILL
+        limit_hit = ("memory" if config.memory and ended.signal == signal.SIGKILL
                      and oom_kills(sandbox.container_id) else None)
     if standby:
         STANDBYS.prepare(key, lambda: boot(config, binary, environment, state, rootless,
                                            waiter=True))
-    result = SandboxResult(
-        exit_code=exit_code, signal=signal_number, stdout_output=stdout.output(),
-        stderr_output=stderr.output(), timed_out=timed_out, stopped=stopped,
-        duration=time.monotonic() - started, config=config,
-        spec=with_args(sandbox.spec, script_command(config.script)),
-        container_id=sandbox.container_id, runsc_version=binary.version,
-        network=network_info(sandbox.plan), started=started_at, platform=binary.platform,
-        warm=warm is not None, limit_hit=limit_hit)
-    weakref.finalize(result, streams.remove_output_dir, outputs)
-    return result
+    return ended.result(config=config, started=started, started_at=started_at, binary=binary,
+                        spec=with_args(sandbox.spec, script_command(config.script)),
+                        container_id=sandbox.container_id, network=network_info(sandbox.plan),
+                        warm=warm is not None, limit_hit=limit_hit)
+
+
+@dataclass
+class Ended:
+    """How a process inside a sandbox ended, with its captured streams."""
+
+    stdout: streams.StreamCapture
+    stderr: streams.StreamCapture
+    timed_out: bool
+    stopped: bool
+    exit_code: int | None
+    signal: int | None
+    outputs: str
+
+    def result(self, *, config: SandboxConfig, started: float, started_at: str,
+               binary: Runsc, **fields) -> SandboxResult:
+        """The SandboxResult; its output files go when it is garbage-collected."""
+        result = SandboxResult(
+            exit_code=self.exit_code, signal=self.signal, stdout_output=self.stdout.output(),
+            stderr_output=self.stderr.output(), timed_out=self.timed_out, stopped=self.stopped,
+            duration=time.monotonic() - started, config=config, started=started_at,
+            runsc_version=binary.version, platform=binary.platform, **fields)
+        weakref.finalize(result, streams.remove_output_dir, self.outputs)
+        return result
+
+
+def watch(process_owner, binary: Runsc, log_file: str, state: str, output_name: str,
+          config: SandboxConfig, started: float, stop: threading.Event | None,
+          on_stdout: OutputCallback | None, on_stderr: OutputCallback | None) -> Ended:
+    """Follow a started sandbox process (a fresh run's runsc, or a session cell's
+    `runsc exec`) to its end: streams to files, deadline, stop, wait status.
+    Its output files are removed if this raises."""
+    outputs = streams.output_dir(state, output_name)
+    try:
+        deadline = started + config.timeout if config.timeout else None
+        stdout, stderr, timed_out, stopped = follow(process_owner, outputs, deadline, stop,
+                                                    on_stdout, on_stderr)
+        exit_code, signal_number = wait_status(binary, log_file, process_owner.process,
+                                               stderr.text())
+    except BaseException:
+        streams.remove_output_dir(outputs)
+        raise
+    return Ended(stdout, stderr, timed_out, stopped, exit_code, signal_number, outputs)
 
 
 # The standby's init waits for one line on stdin, then becomes the cell's script:
@@ -244,14 +278,14 @@ def standby_key(config: SandboxConfig, binary: Runsc, environment: Mapping[str, 
 
 def follow(container: Container, outputs: str, deadline: float | None,
            stop: threading.Event | None, on_stdout: OutputCallback | None,
-           on_stderr: OutputCallback | None) -> tuple[Capture, Capture, bool, bool]:
+           on_stderr: OutputCallback | None) -> tuple[streams.StreamCapture, streams.StreamCapture, bool, bool]:
     """Stream the sandbox's output until it ends. At the deadline kill it; when
     `stop` is set, or on SIGINT, stop it (SIGINT inside, then SIGKILL). A SIGINT
     is re-raised once the sandbox is gone and its last output collected.
     Returns (stdout, stderr, timed_out, stopped)."""
     process = container.process
-    stdout = Capture(os.path.join(outputs, "stdout"), on_stdout)
-    stderr = Capture(os.path.join(outputs, "stderr"), on_stderr)
+    stdout = streams.StreamCapture(os.path.join(outputs, "stdout"), on_stdout)
+    stderr = streams.StreamCapture(os.path.join(outputs, "stderr"), on_stderr)
     pipes = {process.stdout: stdout, process.stderr: stderr}
     try:
         timed_out, stopped = pump(process, pipes, deadline, stop, container.stop)
@@ -397,15 +431,6 @@ def network_info(plan: network.NetworkPlan) -> NetworkInfo:
                        peer=plan.peer, namespace=plan.namespace,
                        nameservers=plan.nameservers, nat=plan.nat,
                        veth=(plan.veth_host, plan.veth_sandbox) if plan.has_veth else None)
-
-
-class Capture(streams.StreamCapture):
-    def text(self) -> str:
-        return self.text_if_small() or streams.read_text(self.path)
-
-    def output(self) -> StreamOutput:
-        return StreamOutput(path=self.path, sha256=self.digest.hexdigest(), bytes=self.bytes,
-                            cached=self.text_if_small())
 
 
 def pump(process: subprocess.Popen, streams: dict, deadline: float | None,

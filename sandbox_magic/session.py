@@ -14,14 +14,14 @@ import re
 import subprocess
 import threading
 import time
-import weakref
 
-from . import ledger, streams
-from .config import SandboxConfig, make_config, sandbox_environment
+from . import ledger
+from .config import (SandboxConfig, check_script, check_timeout, make_config,
+                     sandbox_environment)
 from .errors import SandboxConfigError, SandboxError
 from .result import SandboxResult
-from .runner import (INTERRUPT_GRACE, KEEP_ALIVE, Booted, OutputCallback, boot, check_privileges,
-                     follow, network_info, wait_status, write_script)
+from .runner import (KEEP_ALIVE, Booted, OutputCallback, boot, check_privileges, network_info,
+                     wait_status, watch, write_script)
 from .runsc import Runsc, kill_group, locate
 from .spec import SCRIPT_DIR, script_command
 
@@ -100,19 +100,15 @@ class Session:
             on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None,
             stop: threading.Event | None = None) -> SandboxResult:
         """Run `script` in the session; returns its SandboxResult like run()."""
-        config = dataclasses.replace(make_config(script, **self.options(), timeout=timeout))
+        # The session's options were checked when it started: only these are new.
+        config = dataclasses.replace(self.config, script=check_script(script),
+                                     timeout=check_timeout(timeout))
         with self.lock:
             if self.closed or not self.booted.container.running():
                 raise SandboxError(f"session {self.name} is not running any more; start it "
                                    f"again with %sandbox start {self.name}")
             self.cells += 1
             return self.run_cell(config, f"cell-{self.cells}", on_stdout, on_stderr, stop)
-
-    def options(self) -> dict:
-        options = self.config.to_dict()
-        for name in ("script", "timeout"):
-            options.pop(name)
-        return options
 
     def run_cell(self, config: SandboxConfig, name: str, on_stdout, on_stderr,
                  stop) -> SandboxResult:
@@ -123,27 +119,16 @@ class Session:
         log_file = self.booted.run_dir.file(f"{name}.log")
         cell = CellProcess(self, log_file, script_command(config.script,
                                                           f"{SCRIPT_DIR}/{name}"))
-        outputs = streams.output_dir(ledger.state_root(), f"{self.container_id}-{name}")
         try:
-            deadline = started + config.timeout if config.timeout else None
-            stdout, stderr, timed_out, stopped = follow(cell, outputs, deadline, stop,
-                                                        on_stdout, on_stderr)
-            exit_code, signal_number = wait_status(self.binary, log_file, cell.process,
-                                                   stderr.text())
-        except BaseException:
-            streams.remove_output_dir(outputs)
-            raise
+            ended = watch(cell, self.binary, log_file, ledger.state_root(),
+                          f"{self.container_id}-{name}", config, started, stop, on_stdout,
+                          on_stderr)
         finally:
             cell.close()
-        result = SandboxResult(
-            exit_code=exit_code, signal=signal_number, stdout_output=stdout.output(),
-            stderr_output=stderr.output(), timed_out=timed_out, stopped=stopped,
-            duration=time.monotonic() - started, spec=self.booted.spec, config=config,
-            container_id=self.container_id, runsc_version=self.binary.version,
-            network=network_info(self.booted.plan), started=started_at,
-            platform=self.binary.platform, session=self.name)
-        weakref.finalize(result, streams.remove_output_dir, outputs)
-        return result
+        return ended.result(config=config, started=started, started_at=started_at,
+                            binary=self.binary, spec=self.booted.spec,
+                            container_id=self.container_id,
+                            network=network_info(self.booted.plan), session=self.name)
 
     def close(self) -> None:
         """End the session and remove everything it created. Idempotent."""

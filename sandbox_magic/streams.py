@@ -58,6 +58,15 @@ class StreamCapture:
     def text_if_small(self) -> str | None:
         return "".join(self.small) if self.small is not None else None
 
+    def text(self) -> str:
+        small = self.text_if_small()
+        return small if small is not None else read_text(self.path)
+
+    def output(self):
+        from .result import StreamOutput
+        return StreamOutput(path=self.path, sha256=self.digest.hexdigest(), bytes=self.bytes,
+                            cached=self.text_if_small())
+
 
 def output_dir(state: str, container_id: str) -> str:
     """Where a run's output files live until its result is garbage-collected."""
