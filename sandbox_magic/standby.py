@@ -13,22 +13,29 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Callable
 
-TAKE_WAIT = 5.0   # seconds a cell waits for a standby still booting for its configuration
+TAKE_WAIT = 5.0      # seconds a cell waits for a standby still booting
+DISCARD_WAIT = 30.0  # seconds discard() waits for boots in flight to end their sandbox
 
 
 class StandbyPool:
+    """At most one ready standby. Cells may run in several threads at once (the
+    panel, `run()` from user threads), so boots can overlap: each boot carries the
+    pool's generation when it was asked for, and a boot that finishes after a newer
+    `prepare` or a `discard` tears its own sandbox down instead of installing it.
+    Nothing booted is ever left without an owner."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.ready = None            # (key, Booted)
-        self.booting = None          # (key, Thread)
+        self.ready = None               # (key, Booted)
+        self.booting: set[threading.Thread] = set()
+        self.generation = 0
 
     def take(self, key: tuple):
         """The standby for `key`, or None (after discarding one for another key)."""
-        booting = self.booting
-        if booting is not None:
-            join_in_slices(booting[1], TAKE_WAIT)
+        self.join_boots(TAKE_WAIT)
         with self.lock:
             ready, self.ready = self.ready, None
         if ready is None:
@@ -40,35 +47,59 @@ class StandbyPool:
         return None
 
     def prepare(self, key: tuple, boot: Callable[[], object]) -> None:
-        """Boot a standby for `key` in the background (replacing any other)."""
+        """Boot a standby for `key` in the background; it replaces any other."""
         def work():
             try:
-                sandbox = boot()
-            except Exception:
-                return   # no standby: the next cell boots as usual
-            with self.lock:
-                old, self.ready = self.ready, (key, sandbox)
-            if old is not None:
-                old[1].discard()
+                self.install(generation, key, boot)
+            finally:   # only now: discard() waits for this thread to be out of `booting`
+                with self.lock:
+                    self.booting.discard(threading.current_thread())
 
         thread = threading.Thread(target=work, name="sandbox-magic-standby", daemon=True)
-        with self.lock:
-            self.booting = (key, thread)
+        with self.lock:   # one step, so that a discard() either outdates it or waits for it
+            self.generation += 1
+            generation = self.generation
+            self.booting.add(thread)
         thread.start()
 
-    def discard(self) -> None:
-        """Tear down the standby, and any being booted; returns None (for `x or boot()`)."""
-        booting = self.booting
-        if booting is not None:
-            join_in_slices(booting[1], TAKE_WAIT)
+    def install(self, generation: int, key: tuple, boot: Callable[[], object]) -> None:
+        try:
+            sandbox = boot()
+        except Exception:
+            return   # no standby: the next cell boots as usual
         with self.lock:
-            ready, self.ready, self.booting = self.ready, None, None
+            current = generation == self.generation
+            old = None
+            if current:
+                old, self.ready = self.ready, (key, sandbox)
+        if not current:
+            sandbox.discard()   # outdated by a later cell's prepare() or a discard()
+        elif old is not None:
+            old[1].discard()
+
+    def discard(self) -> None:
+        """Tear down the standby and any being booted; returns when they are gone."""
+        with self.lock:
+            self.generation += 1
+            ready, self.ready = self.ready, None
         if ready is not None:
             ready[1].discard()
+        self.join_boots(DISCARD_WAIT)
         return None
+
+    def join_boots(self, seconds: float) -> None:
+        with self.lock:
+            threads = list(self.booting)
+        deadline = time.monotonic() + seconds
+        for thread in threads:
+            join_in_slices(thread, deadline - time.monotonic())
 
     def count(self) -> int:
         return int(self.ready is not None)
+
+    def boots_in_flight(self) -> int:
+        with self.lock:
+            return len(self.booting)
 
 
 def join_in_slices(thread: threading.Thread, seconds: float) -> None:

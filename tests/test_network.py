@@ -193,11 +193,10 @@ def test_two_sandboxes_side_by_side():
 
 def test_same_address_twice_at_once():
     results = {}
+    running = threading.Event()
     first = run_in_thread(results, "first", "echo up; sleep 3; echo still here",
-                          ip="10.213.30.2")
-    deadline = time.monotonic() + 20
-    while not network.our_namespaces() and time.monotonic() < deadline:
-        time.sleep(0.02)
+                          ip="10.213.30.2", on_stdout=lambda text: running.set())
+    assert running.wait(20), results   # the first cell holds its address now
     with pytest.raises(SandboxConfigError, match="10.213.30.2 is in use by another live sandbox"):
         run("true", ip="10.213.30.2")
     with pytest.raises(SandboxConfigError, match="overlaps the subnet 10.213.30.0/24"):

@@ -69,10 +69,10 @@ def test_standby_can_be_turned_off(shell):
     run("true")
     wait_for_standby()
     run("true", standby=False)           # discards the waiting one, schedules none
-    assert STANDBYS.count() == 0 and STANDBYS.booting is None
+    assert STANDBYS.count() == 0 and STANDBYS.boots_in_flight() == 0
     shell.run_line_magic("config", "SandboxMagics.standby = False")
     shell.run_cell_magic("sandbox", "--out o", "true")
-    assert STANDBYS.count() == 0 and STANDBYS.booting is None
+    assert STANDBYS.count() == 0 and STANDBYS.boots_in_flight() == 0
 
 
 def test_network_standby_is_served_identically():
@@ -204,3 +204,60 @@ def test_session_magics(shell, capsys):
     assert "session m1 stopped" in capsys.readouterr().out
     with pytest.raises(UsageError, match="no session named m1"):
         shell.run_line_magic("sandbox", "stop m1")
+
+
+def test_concurrent_cells_leave_no_orphan_standby():
+    """Cells in several threads (the panel, user threads) each ask for a standby as they
+    end; discard() must end every one of them."""
+    results = []
+    start = threading.Barrier(3)
+
+    def cell(i):
+        start.wait()
+        results.append(run(f"echo {i}", hostname=f"concurrent{i}"))
+
+    threads = [threading.Thread(target=cell, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(r.stdout for r in results) == ["0\n", "1\n", "2\n"]
+    settle()
+    assert STANDBYS.count() == 0 and STANDBYS.boots_in_flight() == 0
+    assert ledger.leftovers() == []     # at once: no standby booting on after discard()
+
+
+def test_a_boot_outdated_while_in_flight_ends_its_own_sandbox():
+    """The race CI met: a standby boot that finishes after a later one (or after
+    discard()) must not become the standby, nor be left running without an owner."""
+    from sandbox_magic import make_config
+    from sandbox_magic.config import sandbox_environment
+    from sandbox_magic.runner import boot, locate, wait_for_teardowns
+    from sandbox_magic.standby import StandbyPool
+
+    config = make_config("true")
+    environment = sandbox_environment(os.environ, config.env, config.env_all)
+
+    def real_boot():
+        return boot(config, locate(config.runsc), environment, ledger.state_root(), False,
+                    waiter=True)
+
+    release, booted = threading.Event(), threading.Event()
+
+    def late_boot():
+        release.wait(20)
+        try:
+            return real_boot()
+        finally:
+            booted.set()
+
+    pool = StandbyPool()
+    pool.prepare(("late",), late_boot)
+    pool.prepare(("last",), real_boot)
+    threading.Timer(0.5, release.set).start()
+    pool.discard()                       # must wait for the late boot too
+    assert booted.wait(20)
+    time.sleep(0.3)                      # time for a buggy pool to install the late one
+    assert pool.count() == 0 and pool.boots_in_flight() == 0
+    wait_for_teardowns()
+    assert ledger.leftovers() == []
