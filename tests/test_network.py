@@ -242,10 +242,10 @@ def test_owner_killed_mid_cell_then_cleanup():
 
 def test_cleanup_leaves_live_runs_alone():
     results = {}
-    thread = run_in_thread(results, "live", "echo up; sleep 2", ip="10.213.41.2")
-    deadline = time.monotonic() + 20
-    while not network.our_namespaces() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    running = threading.Event()
+    thread = run_in_thread(results, "live", "echo up; sleep 2", ip="10.213.41.2",
+                           on_stdout=lambda text: running.set())
+    assert running.wait(20), results
     assert ledger.cleanup() == []
     thread.join(60)
     assert results["live"].ok
