@@ -7,6 +7,7 @@ that made it, and is then cleaned so that the next test starts clean.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -83,12 +84,28 @@ def no_leftovers():
     assert not found, "left behind:\n" + "\n".join(found)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_temp_files_left():
+    """Temp dirs are leaks too: whatever the tests (and the notebooks, kernels,
+    servers and users they start) create in the temp dir must be gone at the end.
+    pytest's own base temp dir is pytest's to prune (tmp_path_retention_policy)."""
+    temp = Path(os.environ.get("TMPDIR", "/tmp"))
+    before = set(temp.iterdir())
+    yield
+    after = {path for path in temp.iterdir() if not path.name.startswith("pytest-of-")}
+    assert not after - before, f"left in {temp}: {sorted(map(str, after - before))}"
+
+
 @pytest.fixture(scope="session")
 def ipython_shell():
     from IPython.testing.globalipapp import start_ipython
     shell = start_ipython()
     shell.run_line_magic("load_ext", "sandbox_magic")
-    return shell
+    yield shell
+    # What IPython does at exit (its temp history file among it), now, while the
+    # temp-dir check can still see the result; then not a second time at exit.
+    shell.atexit_operations()
+    atexit.unregister(shell.atexit_operations)
 
 
 @pytest.fixture

@@ -80,20 +80,27 @@ def readable_install(tmp_path_factory, normal_user):
         shutil.copytree(site, base / "site", symlinks=True)
     (base / "check.py").write_text(CHECK)
     subprocess.run(["chmod", "-R", "a+rX", str(base / "src"), str(base / "check.py")], check=True)
+    # The user's HOME and TMPDIR (IPython's profile dir, its history file): inside
+    # `base`, so that they go with it.
+    home = base / "home"
+    home.mkdir()
+    os.chown(home, normal_user.pw_uid, normal_user.pw_gid)
     yield base
     state = Path(f"/tmp/sandbox-magic-{normal_user.pw_uid}")
     shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(base)
 
 
 def test_cell_runs_rootless_as_a_normal_user(readable_install, normal_user, runsc_path):
     runsc_copy = readable_install / f"runsc-{abs(hash(runsc_path))}"
     shutil.copy2(runsc_path, runsc_copy)
     runsc_copy.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+    home = readable_install / "home"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home), "LANG": "C.UTF-8",
            "PYTHONPATH": f"{readable_install}/src:{readable_install}/site"}
     done = subprocess.run(
         ["su", USER, "-s", "/bin/sh", "-c",
-         f"cd /tmp && env {' '.join(f'{k}={v}' for k, v in env.items())} "
+         f"cd {home} && env {' '.join(f'{k}={v}' for k, v in env.items())} "
          f"/usr/bin/python3 {readable_install}/check.py {runsc_copy}"],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
