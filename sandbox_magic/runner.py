@@ -27,7 +27,7 @@ from .config import SandboxConfig, default_hidden, make_config, sandbox_environm
 from .errors import SandboxConfigError, SandboxError
 from .result import NetworkInfo, SandboxResult, decode_wait_status, parse_runsc_log
 from .runsc import Container, Runsc, locate, oom_kills, precreate_memory_cgroup
-from .spec import SCRIPT_PATH, build_spec, script_command, script_file_text
+from .spec import SCRIPT_PATH, build_spec, script_command, script_file_text, with_args
 from .standby import STANDBYS
 
 OutputCallback = Callable[[str], None]
@@ -253,10 +253,6 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
         stack.close()
         raise
     return Booted(config, run_dir, plan, container, spec, stack)
-
-
-def with_args(spec: dict, args: list[str]) -> dict:
-    return {**spec, "process": {**spec["process"], "args": list(args)}}
 
 
 def write_script(path: str, script: str) -> None:

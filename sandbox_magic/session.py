@@ -23,7 +23,7 @@ from .result import SandboxResult
 from .runner import (KEEP_ALIVE, Booted, OutputCallback, boot, check_privileges, network_info,
                      wait_status, watch, write_script)
 from .runsc import Runsc, kill_group, locate
-from .spec import SCRIPT_DIR, script_command
+from .spec import SCRIPT_DIR, script_command, with_args
 
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SESSIONS: dict[str, "Session"] = {}
@@ -117,8 +117,8 @@ class Session:
             timespec="milliseconds")
         write_script(self.booted.cell_file(name), config.script)
         log_file = self.booted.run_dir.file(f"{name}.log")
-        cell = CellProcess(self, log_file, script_command(config.script,
-                                                          f"{SCRIPT_DIR}/{name}"))
+        command = script_command(config.script, f"{SCRIPT_DIR}/{name}")
+        cell = CellProcess(self, log_file, command)
         try:
             ended = watch(cell, self.binary, log_file, ledger.state_root(),
                           f"{self.container_id}-{name}", config, started, stop, on_stdout,
@@ -126,7 +126,8 @@ class Session:
         finally:
             cell.close()
         return ended.result(config=config, started=started, started_at=started_at,
-                            binary=self.binary, spec=self.booted.spec,
+                            binary=self.binary,
+                            spec=with_args(self.booted.spec, command),
                             container_id=self.container_id,
                             network=network_info(self.booted.plan), session=self.name)
 

@@ -122,6 +122,11 @@ def script_command(script: str, path: str = SCRIPT_PATH) -> list[str]:
     return ["/bin/sh", path]
 
 
+def with_args(spec: dict, args: list[str]) -> dict:
+    """The same spec, running `args` (a standby's waiter, a session's init, a cell)."""
+    return {**spec, "process": {**spec["process"], "args": list(args)}}
+
+
 def script_file_text(script: str) -> str:
     """The script as written to its file: a shell needs the last line terminated."""
     return script if script.endswith("\n") or not script else script + "\n"

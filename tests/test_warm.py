@@ -141,6 +141,10 @@ def test_session_keeps_files_and_identity(runsc_path):
         assert second.stdout == "kept\n10.213.113.2\tlabbox\n"
         assert first.container_id == second.container_id == session.container_id
         assert second.session == "lab" and second.network.address == "10.213.113.2"
+        # Each result's spec is the session's, running that cell's script.
+        assert first.spec["process"]["args"] == ["/bin/sh", "/.sandbox-magic/cell-1"]
+        assert second.spec["process"]["args"] == ["/bin/sh", "/.sandbox-magic/cell-2"]
+        assert first.spec["hostname"] == "labbox"
     assert not os.path.exists("/root/notes")
 
 
