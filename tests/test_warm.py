@@ -1,6 +1,7 @@
 """Warm standbys and sessions, for real."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,8 +143,8 @@ def test_session_keeps_files_and_identity(runsc_path):
         assert first.container_id == second.container_id == session.container_id
         assert second.session == "lab" and second.network.address == "10.213.113.2"
         # Each result's spec is the session's, running that cell's script.
-        assert first.spec["process"]["args"] == ["/bin/sh", "/.sandbox-magic/cell-1"]
-        assert second.spec["process"]["args"] == ["/bin/sh", "/.sandbox-magic/cell-2"]
+        assert first.spec["process"]["args"][-1] == "/.sandbox-magic/cell-1"
+        assert second.spec["process"]["args"][-1] == "/.sandbox-magic/cell-2"
         assert first.spec["hostname"] == "labbox"
     assert not os.path.exists("/root/notes")
 
@@ -265,3 +266,29 @@ def test_a_boot_outdated_while_in_flight_ends_its_own_sandbox():
     assert pool.count() == 0 and pool.boots_in_flight() == 0
     wait_for_teardowns()
     assert ledger.leftovers() == []
+
+
+SESSION_FIDELITY = [
+    "echo out; echo err >&2; exit 3",
+    "set -e\nfalse\necho never",
+    "kill -KILL $$",
+    "exit 137",
+    "cat; echo eof:$?",
+    "echo $# [$*] $0 $LINENO\ntrap 'echo trapped' EXIT\nf() { return 4; }; f; echo $?",
+    "#!/usr/bin/env python3\nimport os, sys\nprint(sys.argv, os.getcwd(), sys.stdin.read() == '')",
+]
+
+
+@pytest.mark.parametrize("script", SESSION_FIDELITY)
+def test_a_session_cell_runs_its_script_as_a_fresh_cell_does(script):
+    """Session cells are read by a shell that waited for them (no program load); what
+    the script sees and how it ends must be what a fresh cell gets."""
+    def seen(result):
+        text = re.sub(r"cell-\d+", "cell", result.stdout)
+        return (text, result.stderr, result.exit_code, result.signal)
+
+    fresh = run(script, standby=False)
+    with Session("fidelity") as session:
+        time.sleep(0.3)                  # the first cell's process is waiting by now
+        assert seen(session.run(script)) == seen(fresh)
+        assert seen(session.run(script)) == seen(fresh)   # and right after another cell
