@@ -13,6 +13,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,9 @@ CHECK = textwrap.dedent("""
     from sandbox_magic import ledger
     shell = start_ipython()
     shell.run_line_magic("load_ext", "sandbox_magic")
+    probe = sys.argv[2]   # a host path that does not exist
     shell.run_cell_magic("sandbox", "--runsc " + sys.argv[1] + " --result r --out o --no-raise-error",
-                         "id -u; hostname; echo written > /tmp/x && cat /tmp/x; exit 3")
+                         f"id -u; hostname; echo written > {probe} && cat {probe}; exit 3")
     r = shell.user_ns["r"]
     from IPython.core.error import UsageError
     try:
@@ -96,12 +98,13 @@ def test_cell_runs_rootless_as_a_normal_user(readable_install, normal_user, runs
     shutil.copy2(runsc_path, runsc_copy)
     runsc_copy.chmod(0o755)
     home = readable_install / "home"
+    probe = f"/tmp/sandbox-magic-rootless-{uuid.uuid4().hex[:8]}"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home), "LANG": "C.UTF-8",
            "PYTHONPATH": f"{readable_install}/src:{readable_install}/site"}
     done = subprocess.run(
         ["su", USER, "-s", "/bin/sh", "-c",
          f"cd {home} && env {' '.join(f'{k}={v}' for k, v in env.items())} "
-         f"/usr/bin/python3 {readable_install}/check.py {runsc_copy}"],
+         f"/usr/bin/python3 {readable_install}/check.py {runsc_copy} {probe}"],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -114,7 +117,7 @@ def test_cell_runs_rootless_as_a_normal_user(readable_install, normal_user, runs
     # Networking with a namespace of its own needs root, and says so; the host's works.
     assert "needs root" in report["ip_error"] and "--ip" in report["ip_error"]
     assert report["host_net_lines"] > 3
-    assert not os.path.exists("/tmp/x")
+    assert not os.path.exists(probe)     # written inside: only in the sandbox's overlay
     # After the process exited, its state root holds no run and no runsc state.
     state = Path(report["state"])
     assert list((state / "runs").iterdir()) == [] and list((state / "runsc").iterdir()) == []
