@@ -9,6 +9,7 @@ processes, not the session.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -117,6 +118,9 @@ class Session:
             self.cells += 1
             with self.waiting_lock:
                 cell, self.waiting = self.waiting, None
+            if cell is not None and not cell.running():
+                cell.discard()   # its exec failed or was killed while it waited: start anew
+                cell = None
             try:
                 return self.run_cell(config, cell or CellProcess(self, self.cells), on_stdout,
                                      on_stderr, stop)
@@ -220,6 +224,9 @@ class CellProcess:
             kill_group(self.process.pid)
             self.process.wait()
         self.close()
+        for path in (self.log_file, self.pid_file):   # the next waiter reuses the names
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
     def running(self) -> bool:
         return self.process.poll() is None

@@ -292,3 +292,13 @@ def test_a_session_cell_runs_its_script_as_a_fresh_cell_does(script):
         time.sleep(0.3)                  # the first cell's process is waiting by now
         assert seen(session.run(script)) == seen(fresh)
         assert seen(session.run(script)) == seen(fresh)   # and right after another cell
+
+
+def test_a_session_cell_whose_waiting_process_died_still_runs():
+    with Session("phoenix") as session:
+        assert session.run("echo one").stdout == "one\n"
+        waiting = session.waiting.process
+        os.killpg(waiting.pid, signal.SIGKILL)   # the next cell's `runsc exec`, killed
+        waiting.wait(10)
+        result = session.run("echo two; exit 4")
+        assert (result.stdout, result.exit_code, result.signal) == ("two\n", 4, None)
