@@ -179,8 +179,9 @@ class Session:
 # while the kernel is idle, before the cell is known. The script sees what it would
 # under `/bin/sh SCRIPT`: $0, no arguments, stdin a pipe at end of file, the
 # session's cwd and environment; only dash's error lines name the file twice.
-CELL_WAITER = ["/bin/sh", "-c",
-               'read how || exit; if [ "$how" = exec ]; then exec "$0"; fi; unset how; . "$0"']
+CELL_WAITER = ["/bin/sh", "-c",   # a variable name no environment has, unset before the script
+               'read _sbx_how || exit; if [ "$_sbx_how" = exec ]; then exec "$0"; fi; '
+               'unset _sbx_how; . "$0"']
 
 
 class CellProcess:

@@ -274,7 +274,7 @@ SESSION_FIDELITY = [
     "kill -KILL $$",
     "exit 137",
     "cat; echo eof:$?",
-    "echo $# [$*] $0 $LINENO\ntrap 'echo trapped' EXIT\nf() { return 4; }; f; echo $?",
+    "echo $# [$*] $0 $LINENO [$how] [$command]\ntrap 'echo trapped' EXIT\nf() { return 4; }; f; echo $?",
     "#!/usr/bin/env python3\nimport os, sys\nprint(sys.argv, os.getcwd(), sys.stdin.read() == '')",
 ]
 
@@ -287,8 +287,9 @@ def test_a_session_cell_runs_its_script_as_a_fresh_cell_does(script):
         text = re.sub(r"cell-\d+", "cell", result.stdout)
         return (text, result.stderr, result.exit_code, result.signal)
 
-    fresh = run(script, standby=False)
-    with Session("fidelity") as session:
+    env = ["how=user's", "command=also"]   # names a waiting shell might have used
+    fresh = run(script, standby=False, env=env)
+    with Session("fidelity", env=env) as session:
         time.sleep(0.3)                  # the first cell's process is waiting by now
         assert seen(session.run(script)) == seen(fresh)
         assert seen(session.run(script)) == seen(fresh)   # and right after another cell
