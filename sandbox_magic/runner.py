@@ -168,7 +168,9 @@ def watch(process_owner, binary: Runsc, log_file: str, state: str, output_name: 
 # The standby's init waits for one line on stdin, then becomes the cell's script:
 # the script is PID 1 with the same argv, environment and stdin (a pipe at end
 # of file) as in a sandbox booted for it, so a cell cannot tell the difference.
-WAITER = ["/bin/sh", "-c", "read how && exec $how " + SCRIPT_PATH]
+# Its variable has a name no environment has: `read` into an exported variable
+# would hand the script a changed environment.
+WAITER = ["/bin/sh", "-c", "read _sbx_how && exec $_sbx_how " + SCRIPT_PATH]
 # A session's init says it is up, then waits for its stdin to close.
 KEEP_ALIVE = ["/bin/sh", "-c", "echo ready; read _; exit 0"]
 

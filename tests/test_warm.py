@@ -18,7 +18,7 @@ from tests.conftest import settle
 PROBE = """echo "pid=$$ ppid=$PPID cwd=$(pwd) host=$(hostname)"
 cat /proc/1/cmdline | tr '\\0' ' '; echo
 read line; echo "read status $? [$line]"
-echo "HOME=$HOME X=$X"
+echo "HOME=$HOME X=$X how=$how"
 ls /tmp/standby-probe 2>&1
 echo written > /tmp/standby-probe
 echo to-stderr >&2
@@ -39,7 +39,8 @@ def outcome(result):
 @pytest.mark.parametrize("script", [PROBE, "kill -KILL $$", "#!/usr/bin/env python3\n"
                                     "import os, sys\nprint(os.getpid(), sys.argv, os.getcwd())"])
 def test_results_identical_with_and_without_standby(script, runsc_path):
-    options = dict(cwd="/usr", hostname="same", env=["X=1"], runsc=runsc_path)
+    # `how`: the name a waiting init might use for its own variable.
+    options = dict(cwd="/usr", hostname="same", env=["X=1", "how=user's"], runsc=runsc_path)
     cold = run(script, standby=False, **options)
     run("true", **options)              # leaves a standby for this configuration
     wait_for_standby()
