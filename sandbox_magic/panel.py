@@ -21,7 +21,7 @@ from . import session as sessions
 from .config import DEFAULT_PREFIX, SandboxConfig, make_config
 from .errors import SandboxConfigError, SandboxError
 from .options import magic_line
-from .records import RunRecord
+from .records import RunRecord, sha256
 from .result import SandboxResult
 from .runner import preview_spec, run_config
 from .streams import BoundedWriter
@@ -116,6 +116,10 @@ class SandboxPanel(widgets.VBox):
                                        "interpreter)", rows=8,
                                        layout=widgets.Layout(width="98%"))
         self.script.add_class("sandbox-magic-script")
+        # What the kernel has of the script (the record's script_sha256 will match it):
+        # also how one sees that the last keystrokes have reached the kernel.
+        self.script_info = widgets.HTML()
+        self.script_info.add_class("sandbox-magic-script-info")
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop",
                                           disabled=True)
@@ -162,7 +166,7 @@ class SandboxPanel(widgets.VBox):
         previews.set_title(0, "Equivalent %%sandbox line")
         previews.set_title(1, "OCI config.json")
         previews.selected_index = 0
-        return [options, self.script, self.messages["script"],
+        return [options, self.script, self.script_info, self.messages["script"],
                 widgets.HBox([self.run_button, self.stop_button, self.status]),
                 self.output, previews]
 
@@ -259,6 +263,7 @@ class SandboxPanel(widgets.VBox):
         self._refresh_buttons()
 
     def _refresh_previews(self) -> None:
+        self.script_info.value = f"<small>{html.escape(script_summary(self.script.value))}</small>"
         if self.config is None:
             self.line_preview.value = ""
             self.spec_preview.value = "<i>fix the form to see the spec</i>"
@@ -304,7 +309,10 @@ class SandboxPanel(widgets.VBox):
         config = self.config
         self.result = None
         self._stop.clear()
-        self.output.clear_output()
+        # Cleared as state, like the appends that follow. (Output.clear_output() goes
+        # through the frontend, which captures it and writes `outputs` back to the
+        # kernel later: that write could land after the first lines and erase them.)
+        self.output.outputs = ()
         self._set_status("info", "running…")
         self._worker = threading.Thread(target=self._run, args=(config, self.session),
                                         name="sandbox-magic-panel", daemon=True)
@@ -378,3 +386,11 @@ class SandboxPanel(widgets.VBox):
     @staticmethod
     def _status_html(style: str, text: str) -> str:
         return f'<span style="{STATUS_STYLE[style]}">{html.escape(text)}</span>'
+
+
+def script_summary(script: str) -> str:
+    """'2 lines · 28 bytes · sha256 1a2b3c4d5e6f': the script as the kernel has it."""
+    lines = script.count("\n") + (1 if script and not script.endswith("\n") else 0)
+    size = len(script.encode("utf-8", errors="surrogateescape"))
+    return (f"{lines} line{'s' * (lines != 1)} · {size} byte{'s' * (size != 1)} · "
+            f"sha256 {sha256(script)[:12]}")

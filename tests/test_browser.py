@@ -3,6 +3,7 @@ Playwright. Opens a notebook, runs the panel cell, types a script, clicks Run, w
 for the output and the exit status in the page, clicks Stop on a long script.
 Screenshots go to test-artifacts/."""
 
+import hashlib
 import json
 import os
 import signal
@@ -99,7 +100,26 @@ def run_all_cells_until_shown(page, panel) -> None:
     panel.wait_for(timeout=1000)
 
 
+def type_script(page, panel, script: str) -> None:
+    """Type into the editor, then wait until the kernel has it: the panel shows the
+    digest of the script it holds. (ipywidgets may hold a value update back while a
+    button's click message goes out: a click right after typing could run the old one.)"""
+    panel.locator(".sandbox-magic-script textarea").fill(script)
+    digest = hashlib.sha256(script.encode()).hexdigest()[:12]
+    panel.locator(".sandbox-magic-script-info", has_text=digest).wait_for()
+
+
 def test_panel_in_jupyterlab(lab, page):
+    try:
+        drive_the_panel(lab, page)
+    except Exception:
+        # What the page showed, for the one reading the CI log.
+        page.screenshot(path=str(ARTIFACTS / "panel-failure.png"), full_page=True)
+        print("panel text at failure:\n" + page.locator(".jp-Notebook").inner_text(timeout=5000))
+        raise
+
+
+def drive_the_panel(lab, page):
     page.goto(f"{lab}/lab/tree/panel-browser.ipynb")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
@@ -119,8 +139,7 @@ def test_panel_in_jupyterlab(lab, page):
     assert run.is_disabled()
     timeout_field.fill("")
 
-    panel.locator(".sandbox-magic-script textarea").fill(
-        "echo hello from the browser\nexit 3")
+    type_script(page, panel, "echo hello from the browser\nexit 3")
     page.wait_for_function("() => !document.querySelector('.sandbox-magic-panel button')"
                            ".disabled")
     page.wait_for_function("() => document.querySelector('.sandbox-magic-panel')"
@@ -131,9 +150,7 @@ def test_panel_in_jupyterlab(lab, page):
                            ".innerText.includes('exited with status 3')")
     page.screenshot(path=str(ARTIFACTS / "panel-run.png"), full_page=True)
 
-    panel.locator(".sandbox-magic-script textarea").fill("echo long-running\nsleep 60")
-    page.wait_for_function("() => !document.querySelector('.sandbox-magic-panel button')"
-                           ".disabled")
+    type_script(page, panel, "echo long-running\nsleep 60")
     run.click()
     output.get_by_text("long-running").wait_for()
     assert stop.is_enabled()

@@ -83,6 +83,10 @@ def test_run_gives_result_output_and_status():
     assert panel.output.outputs[2]["output_type"] == "display_data"   # the run record
     assert "exited with status 3" in panel.status.value
     assert not panel.run_button.disabled and panel.stop_button.disabled
+    # The editor's summary names the script the record has.
+    record = panel.output.outputs[2]["data"]["application/vnd.sandbox-magic.run+json"]
+    assert f"sha256 {record['script_sha256'][:12]}" in panel.script_info.value
+    assert "1 line · 30 bytes" in panel.script_info.value
 
 
 def test_status_for_signal_and_timeout():
@@ -174,3 +178,15 @@ def test_limits_and_hidden_paths_in_the_form():
     assert "--memory 256M --cpus 0.5 --pids 32" in panel.magic_line
     assert "--hide /srv/data" in panel.magic_line
     assert panel.spec["linux"]["resources"]["memory"]["limit"] == 256 << 20
+
+
+def test_a_second_run_shows_only_its_own_output():
+    panel = SandboxPanel(script="echo first")
+    panel.start()
+    panel.wait(60)
+    panel.set(script="echo second")
+    panel.start()
+    result = panel.wait(60)
+    assert result.stdout == "second\n"
+    streams = [o["text"] for o in panel.output.outputs if o["output_type"] == "stream"]
+    assert streams == ["second\n"]
