@@ -64,6 +64,11 @@ def runs_dir(state: str) -> str:
     return os.path.join(state, "runs")
 
 
+def outputs_dir(state: str) -> str:
+    """Where results keep their streams' files (streams.output_dir)."""
+    return os.path.join(state, "outputs")
+
+
 def new_container_id() -> str:
     return CONTAINER_PREFIX + secrets.token_hex(4)
 
@@ -90,7 +95,8 @@ def create_run(state: str, runsc_path: str, rootless: bool) -> RunDir:
     os.makedirs(runs_dir(state), mode=0o700, exist_ok=True)
     os.mkdir(run.path, 0o700)
     try:
-        write_owner(run, runsc_path, rootless)
+        write_owner(run.path, container_id=run.container_id, runsc=runsc_path,
+                    rootless=rootless)
     except BaseException:
         remove_run(run)
         raise
@@ -124,14 +130,15 @@ def mark_address_released(run: RunDir) -> None:
         pass
 
 
-def write_owner(run: RunDir, runsc_path: str, rootless: bool) -> None:
+def write_owner(directory: str, **details) -> None:
+    """owner.json: this process (pid and start time, see owner_alive), and `details`.
+    Written whole or not at all: a reader never sees half an owner."""
     owner = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
-             "container_id": run.container_id, "runsc": runsc_path,
-             "rootless": rootless, "created": time.time()}
-    tmp = run.file("owner.json.tmp")
-    with open(tmp, "w") as fh:
+             "created": time.time(), **details}
+    path = os.path.join(directory, "owner.json")
+    with open(path + ".tmp", "w") as fh:
         json.dump(owner, fh)
-    os.replace(tmp, run.file("owner.json"))
+    os.replace(path + ".tmp", path)
 
 
 def read_owner(run: RunDir) -> dict | None:
@@ -236,7 +243,7 @@ def leftovers(state: str | None = None) -> list[str]:
 def dead_output_dirs(state: str) -> list[str]:
     """Output files of results whose process is gone (a live process removes its own
     when the result is garbage-collected, or at exit)."""
-    base = os.path.join(state, "outputs")
+    base = outputs_dir(state)
     try:
         names = sorted(os.listdir(base))
     except FileNotFoundError:
@@ -264,9 +271,8 @@ def network_leftovers(state: str) -> list[str]:
 
 def container_cgroups() -> list[str]:
     """cgroup directories named after containers of ours (runsc's default is /<id>)."""
-    import glob
-    return sorted(glob.glob(f"/sys/fs/cgroup/{CONTAINER_PREFIX}*") +
-                  glob.glob(f"/sys/fs/cgroup/*/{CONTAINER_PREFIX}*"))
+    from .runsc import cgroup_dirs
+    return sorted(cgroup_dirs(CONTAINER_PREFIX + "*"))
 
 
 def command_of(pid: int) -> str:

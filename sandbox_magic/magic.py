@@ -111,8 +111,7 @@ class SandboxMagics(Magics):
         command, rest = (words[0], words[1:]) if words else ("", [])
         if command == "panel" and not rest:
             from .panel import SandboxPanel
-            return SandboxPanel(root=self.root, hostname=self.hostname, timeout=self.timeout,
-                                env=list(self.env), env_all=self.env_all, runsc=self.runsc)
+            return SandboxPanel(**self.defaults())
         if command == "cleanup" and set(rest) <= {"--all"}:
             removed = cleanup(everything="--all" in rest)
             print("removed: " + ", ".join(removed) if removed else "nothing to clean up")
@@ -161,7 +160,8 @@ class SandboxMagics(Magics):
         return args
 
     def defaults(self) -> dict:
-        return dict(root=self.root, env=self.env, env_all=self.env_all, hostname=self.hostname,
+        return dict(root=self.root, env=list(self.env), env_all=self.env_all,
+                    hostname=self.hostname,
                     timeout=self.timeout, runsc=self.runsc, hide=list(self.hidden_paths),
                     memory=self.memory, cpus=self.cpus, pids=self.pids)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
 
 from . import ledger, network, streams
+from .background import ThreadSet
 from .config import SandboxConfig, default_hidden, make_config, sandbox_environment
 from .errors import SandboxConfigError, SandboxError
 from .result import NetworkInfo, SandboxResult, decode_wait_status, parse_runsc_log
@@ -223,6 +224,7 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
          rootless: bool, waiter: bool = False, init: list[str] | None = None) -> Booted:
     """Create everything a run needs and start runsc: with the script as init
     (a fresh run), with WAITER (a standby), or with `init` (a session)."""
+    fresh = not waiter and init is None
     stack = contextlib.ExitStack()
     try:
         run_dir = ledger.create_run(state, binary.path, rootless)
@@ -235,9 +237,9 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
         spec = spec_for(config, binary, environment, run_dir.path, plan)
         os.mkdir(run_dir.file("cells"), 0o755)
         open(run_dir.file(EMPTY_FILE), "w").close()
-        if not waiter and init is None:
+        if fresh:
             write_script(os.path.join(run_dir.file("cells"), "cell"), config.script)
-        launch = spec if not (waiter or init) else with_args(spec, init or WAITER)
+        launch = spec if fresh else with_args(spec, init or WAITER)
         with open(run_dir.file("config.json"), "w") as fh:
             json.dump(launch, fh)
         container = Container(binary, state_dir=ledger.runsc_root(state), bundle=run_dir.path,
@@ -249,7 +251,7 @@ def boot(config: SandboxConfig, binary: Runsc, environment: Mapping[str, str], s
             run_dir.file("runsc.log"), network=plan.mode, cgroups=config.limited,
             private_proc_sys_net=plan.mode == "sandbox"
             and binary.needs_proc_sys_net_workaround(os.uname().release))
-        if not (waiter or init):
+        if fresh:
             process.stdin.close()   # the script's stdin: a pipe at end of file
     except BaseException:
         stack.close()
@@ -310,8 +312,7 @@ class RunFinisher:
     if the process dies first, `cleanup` finds the run in the ledger.
     """
 
-    pending: set[threading.Thread] = set()
-    pending_lock = threading.Lock()
+    pending = ThreadSet()
 
     def __init__(self, run_dir: ledger.RunDir, state: str) -> None:
         self.run_dir = run_dir
@@ -327,10 +328,7 @@ class RunFinisher:
                 ledger.remove_run(self.run_dir)
                 return
             ledger.mark_tearing_down(self.run_dir)
-            worker = threading.Thread(target=self.finish, name="sandbox-magic-teardown")
-            with self.pending_lock:
-                self.pending.add(worker)
-            worker.start()
+            self.pending.start(self.finish, name="sandbox-magic-teardown", daemon=False)
 
     def finish(self) -> None:
         try:
@@ -340,23 +338,11 @@ class RunFinisher:
         except Exception as exc:  # the ledger stays for `cleanup`
             print(f"sandbox-magic: {exc}; `sandbox-magic cleanup` will retry",
                   file=sys.__stderr__)
-        finally:
-            with self.pending_lock:
-                self.pending.discard(threading.current_thread())
 
 
 def wait_for_teardowns(timeout: float = 30.0) -> bool:
     """Wait until every background teardown of this process is done; True if all are."""
-    end = time.monotonic() + timeout
-    while True:
-        with RunFinisher.pending_lock:
-            workers = list(RunFinisher.pending)
-        if not workers:
-            return True
-        for worker in workers:
-            worker.join(max(0.0, end - time.monotonic()))
-        if time.monotonic() >= end:
-            return not RunFinisher.pending
+    return RunFinisher.pending.join(timeout)
 
 
 def check_privileges(config: SandboxConfig, rootless: bool) -> None:

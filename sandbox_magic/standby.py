@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import atexit
 import threading
-import time
 from collections.abc import Callable
+
+from .background import ThreadSet
 
 TAKE_WAIT = 5.0      # seconds a cell waits for a standby still booting
 DISCARD_WAIT = 30.0  # seconds discard() waits for boots in flight to end their sandbox
@@ -30,12 +31,12 @@ class StandbyPool:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ready = None               # (key, Booted)
-        self.booting: set[threading.Thread] = set()
+        self.booting = ThreadSet()
         self.generation = 0
 
     def take(self, key: tuple):
         """The standby for `key`, or None (after discarding one for another key)."""
-        self.join_boots(TAKE_WAIT)
+        self.booting.join(TAKE_WAIT)
         with self.lock:
             ready, self.ready = self.ready, None
         if ready is None:
@@ -48,19 +49,11 @@ class StandbyPool:
 
     def prepare(self, key: tuple, boot: Callable[[], object]) -> None:
         """Boot a standby for `key` in the background; it replaces any other."""
-        def work():
-            try:
-                self.install(generation, key, boot)
-            finally:   # only now: discard() waits for this thread to be out of `booting`
-                with self.lock:
-                    self.booting.discard(threading.current_thread())
-
-        thread = threading.Thread(target=work, name="sandbox-magic-standby", daemon=True)
         with self.lock:   # one step, so that a discard() either outdates it or waits for it
             self.generation += 1
             generation = self.generation
-            self.booting.add(thread)
-        thread.start()
+            self.booting.start(lambda: self.install(generation, key, boot),
+                               name="sandbox-magic-standby", daemon=True)
 
     def install(self, generation: int, key: tuple, boot: Callable[[], object]) -> None:
         try:
@@ -84,30 +77,14 @@ class StandbyPool:
             ready, self.ready = self.ready, None
         if ready is not None:
             ready[1].discard()
-        self.join_boots(DISCARD_WAIT)
+        self.booting.join(DISCARD_WAIT)
         return None
-
-    def join_boots(self, seconds: float) -> None:
-        with self.lock:
-            threads = list(self.booting)
-        deadline = time.monotonic() + seconds
-        for thread in threads:
-            join_in_slices(thread, deadline - time.monotonic())
 
     def count(self) -> int:
         return int(self.ready is not None)
 
     def boots_in_flight(self) -> int:
-        with self.lock:
-            return len(self.booting)
-
-
-def join_in_slices(thread: threading.Thread, seconds: float) -> None:
-    # Short joins, so that the main thread still sees a SIGINT.
-    for _ in range(int(seconds / 0.05)):
-        if not thread.is_alive():
-            return
-        thread.join(0.05)
+        return len(self.booting)
 
 
 STANDBYS = StandbyPool()

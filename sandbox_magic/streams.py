@@ -11,11 +11,12 @@ from __future__ import annotations
 import codecs
 import collections
 import hashlib
-import json
 import os
 import shutil
 import time
 from collections.abc import Callable
+
+from . import ledger
 
 KEEP_IN_MEMORY = 1 << 20     # characters of a stream kept in memory as well as on disk
 ENCODING_ERRORS = "surrogateescape"
@@ -70,12 +71,9 @@ class StreamCapture:
 
 def output_dir(state: str, container_id: str) -> str:
     """Where a run's output files live until its result is garbage-collected."""
-    path = os.path.join(state, "outputs", container_id)
+    path = os.path.join(ledger.outputs_dir(state), container_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
-    from .ledger import process_start_time
-    with open(os.path.join(path, "owner.json"), "w") as fh:
-        json.dump({"pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
-                   "created": time.time()}, fh)
+    ledger.write_owner(path)   # cleanup removes the files of a process that died
     return path
 
 

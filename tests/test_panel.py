@@ -125,9 +125,11 @@ def test_runsc_failure_is_shown(tmp_path):
 
 def test_percent_sandbox_panel_uses_the_configured_defaults(shell):
     shell.run_line_magic("config", "SandboxMagics.hostname = 'from-config'")
+    shell.run_line_magic("config", "SandboxMagics.memory = '256M'")
     panel = shell.run_line_magic("sandbox", "panel")
     assert isinstance(panel, SandboxPanel)
     assert panel.fields["hostname"].value == "from-config"
+    assert panel.fields["memory"].value == "256M"    # every default, limits included
 
 
 def test_unknown_option_to_set():
